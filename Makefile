@@ -1,0 +1,42 @@
+# Tradedesk — the two commands: `make run` and `make test`. Both bootstrap from a fresh clone.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: help install run test bench lint migrate clean
+
+help:
+	@echo "make run    - bootstrap (venv, deps, .env, database, migrations) and serve on http://127.0.0.1:8000"
+	@echo "make test   - bootstrap and run the test suite against a real PostgreSQL (and Redis if REDIS_URL)"
+	@echo "make bench  - run the benchmarks and print the figures recorded in docs/performance.md"
+	@echo "make lint   - ruff"
+	@echo "make migrate - alembic upgrade head against DATABASE_URL"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/python scripts/dev.py run
+
+test: install
+	$(BIN)/python scripts/dev.py test -- $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/run.py
+
+lint: install
+	$(BIN)/ruff check app tests scripts bench
+
+migrate: install
+	$(BIN)/alembic upgrade head
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

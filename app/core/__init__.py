@@ -1,0 +1,1 @@
+"""Cross-cutting machinery: each failure-mode fix lives here exactly once."""

@@ -1,0 +1,290 @@
+"""Settings: one validated object, read once at startup.
+
+A missing or malformed required value stops the process before it serves, with one
+message that names every offending variable as it is spelled in the environment.
+Secret values never appear in that message or in logs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from functools import cached_property
+from typing import Literal
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
+from limits import parse as parse_limit
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Fields whose values must never be echoed, even partially.
+SECRET_FIELDS = frozenset(
+    {
+        "database_url",
+        "jwt_secret",
+        "stripe_webhook_secret",
+        "token_encryption_key",
+        "alpaca_api_secret_key",
+        "alpaca_oauth_client_secret",
+        "redis_url",
+    }
+)
+
+
+def _split_csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _origin_of(value: str) -> str:
+    """Return the value as a bare origin (scheme://host[:port]) or raise ValueError."""
+    if value == "*" or "*" in value:
+        raise ValueError("a wildcard origin is refused; list the exact front-end origins")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an origin (expected scheme://host[:port])")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{value!r} is not an origin: no path, query, fragment or credentials allowed")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} has an invalid port") from exc
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
+class Settings(BaseSettings):
+    """Every environment variable the service reads (contract §2)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        hide_input_in_errors=True,
+    )
+
+    # --- required -----------------------------------------------------------------
+    database_url: SecretStr
+    frontend_url: str
+    jwt_secret: SecretStr
+    stripe_webhook_secret: SecretStr
+    token_encryption_key: SecretStr
+
+    # --- optional -----------------------------------------------------------------
+    app_env: Literal["development", "test", "production"] = "development"
+    redis_url: SecretStr | None = None
+    web_concurrency: int = Field(default=1, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    broker_provider: Literal["paper", "alpaca"] = "paper"
+    alpaca_api_base_url: str = "https://paper-api.alpaca.markets"
+    alpaca_data_base_url: str = "https://data.alpaca.markets"
+    market_data_provider: Literal["synthetic", "alpaca"] = "synthetic"
+    alpaca_api_key_id: str | None = None
+    alpaca_api_secret_key: SecretStr | None = None
+    alpaca_oauth_authorize_url: str = "https://app.alpaca.markets/oauth/authorize"
+    alpaca_oauth_token_url: str = "https://api.alpaca.markets/oauth/token"
+    alpaca_oauth_client_id: str | None = None
+    alpaca_oauth_client_secret: SecretStr | None = None
+    alpaca_oauth_redirect_uri: str | None = None
+    discord_api_base_url: str = "https://discord.com/api"
+
+    http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    broker_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    breaker_fail_max: int = Field(default=5, ge=1, le=1000)
+    breaker_reset_seconds: float = Field(default=60.0, gt=0, le=3600)
+
+    rate_limit_login: str = "5/minute"
+    rate_limit_orders: str = "60/minute"
+    rate_limit_default: str = "600/minute"
+
+    market_data_cache_seconds: int = Field(default=300, ge=1, le=86400)
+    idempotency_ttl_seconds: int = Field(default=86400, ge=60, le=30 * 86400)
+    reconcile_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    reconcile_grace_seconds: float = Field(default=30.0, gt=0, le=86400)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=100 * 1_048_576)
+    tool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=5, ge=0, le=200)
+    db_pool_timeout: float = Field(default=5.0, gt=0, le=120)
+
+    stripe_webhook_enabled: bool = True
+    trusted_proxies: str = ""
+    access_token_ttl_seconds: int = Field(default=900, ge=60, le=86400)
+
+    # --- validators ---------------------------------------------------------------
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value().strip()
+        scheme = raw.split("://", 1)[0] if "://" in raw else ""
+        if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+            raise ValueError("must be a PostgreSQL URL: postgresql+asyncpg://user:pass@host:port/db")
+        if not urlsplit(raw).hostname and "host=" not in raw:
+            raise ValueError("has no host")
+        return SecretStr(raw)
+
+    @field_validator("frontend_url")
+    @classmethod
+    def _check_frontend_url(cls, value: str) -> str:
+        items = _split_csv(value)
+        if not items:
+            raise ValueError("must list at least one origin (comma-separated); '*' is refused")
+        return ",".join(_origin_of(item) for item in items)
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_jwt_secret(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if len(raw) < 32:
+            raise ValueError("must be at least 32 characters (generate one: python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+        if raw.lower() in {"changeme" * 4, "change-me" * 4} or len(set(raw)) < 8:
+            raise ValueError("looks like a placeholder; generate a random secret")
+        return value
+
+    @field_validator("stripe_webhook_secret")
+    @classmethod
+    def _check_stripe_secret(cls, value: SecretStr) -> SecretStr:
+        items = _split_csv(value.get_secret_value())
+        if not items or any(not s.startswith("whsec_") or len(s) < 12 for s in items):
+            raise ValueError("must be one or more comma-separated 'whsec_…' secrets")
+        return SecretStr(",".join(items))
+
+    @field_validator("token_encryption_key")
+    @classmethod
+    def _check_fernet_keys(cls, value: SecretStr) -> SecretStr:
+        items = _split_csv(value.get_secret_value())
+        if not items:
+            raise ValueError("must be one or more comma-separated Fernet keys")
+        for position, key in enumerate(items, start=1):
+            try:
+                Fernet(key.encode())
+            except Exception:
+                raise ValueError(
+                    f"key #{position} is not a Fernet key (32 url-safe base64-encoded bytes; "
+                    "generate: python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
+                ) from None
+        return SecretStr(",".join(items))
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        raw = value.get_secret_value().strip()
+        if urlsplit(raw).scheme not in ("redis", "rediss"):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return SecretStr(raw)
+
+    @field_validator("rate_limit_login", "rate_limit_orders", "rate_limit_default")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        try:
+            parse_limit(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate limit (examples: '5/minute', '600/minute', '10/second')") from None
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: str) -> str:
+        for item in _split_csv(value):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return ",".join(_split_csv(value))
+
+    @field_validator(
+        "alpaca_api_base_url",
+        "alpaca_data_base_url",
+        "alpaca_oauth_authorize_url",
+        "alpaca_oauth_token_url",
+        "discord_api_base_url",
+    )
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_production(self) -> Settings:
+        if self.app_env == "production":
+            insecure = [o for o in self.frontend_origins if o.startswith("http://")]
+            if insecure:
+                raise ValueError("FRONTEND_URL: every origin must use https when APP_ENV=production")
+        return self
+
+    # --- derived values -------------------------------------------------------------
+    @cached_property
+    def frontend_origins(self) -> list[str]:
+        return _split_csv(self.frontend_url)
+
+    @cached_property
+    def sqlalchemy_database_url(self) -> str:
+        raw = self.database_url.get_secret_value()
+        scheme, rest = raw.split("://", 1)
+        return f"postgresql+asyncpg://{rest}"
+
+    @cached_property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(item, strict=False) for item in _split_csv(self.trusted_proxies)]
+
+    @cached_property
+    def stripe_webhook_secrets(self) -> list[str]:
+        return _split_csv(self.stripe_webhook_secret.get_secret_value())
+
+    @cached_property
+    def token_encryption_keys(self) -> list[str]:
+        return _split_csv(self.token_encryption_key.get_secret_value())
+
+
+class ConfigurationError(Exception):
+    """Raised with a message naming every offending environment variable."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        self.problems = problems
+        lines = [f"  {name}: {reason}" for name, reason in sorted(problems.items())]
+        super().__init__(
+            f"Invalid configuration: {len(problems)} environment variable(s) need attention:\n"
+            + "\n".join(lines)
+            + "\nSee .env.example for every variable and its format."
+        )
+
+
+def _problems_from(error: ValidationError) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    for item in error.errors(include_input=False, include_url=False):
+        loc = item.get("loc") or ()
+        name = str(loc[0]).upper() if loc else "CONFIGURATION"
+        if item.get("type") == "missing":
+            reason = "missing (required)"
+        else:
+            reason = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        if not loc and ": " in reason and reason.split(": ", 1)[0].isupper():
+            name, reason = reason.split(": ", 1)  # a cross-field rule naming its variable
+        problems.setdefault(name, reason)
+    return problems
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build and validate Settings; raise ConfigurationError naming every bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigurationError(_problems_from(exc)) from None
+
+
+def load_settings_or_exit() -> Settings:
+    """For process entry points: print one message and exit 2 before anything binds a port."""
+    try:
+        return load_settings()
+    except ConfigurationError as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,22 @@
+"""Annotated dependency aliases so routes read like sentences."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.core.db import get_session
+
+# scope="function": the commit runs when the endpoint returns, *before* the response is sent, so a
+# failed commit is answered as an error instead of after a success was already reported.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,224 @@
+"""Errors carry their own status; one renderer turns them into RFC 9457 problem+json.
+
+Every error response in the app, including 404, 405, 413, 422 and unexpected exceptions,
+goes through ``problem_response`` so clients see one shape. No stack trace or SQL text
+ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import sqlalchemy.exc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from app.core.observability import DB_POOL_TIMEOUTS, UNHANDLED_ERRORS, request_id_var
+
+log = logging.getLogger("tradedesk.errors")
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_BASE = "/problems/"
+
+
+class AppError(Exception):
+    """Base of every error the app raises on purpose. Subclasses set status, title and slug."""
+
+    status: int = 500
+    title: str = "Internal Server Error"
+    slug: str = "internal"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        errors: list[dict[str, str]] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.detail = detail or self.title
+        self.headers = dict(headers or {})
+        self.errors = errors
+        self.extra = extra
+        super().__init__(self.detail)
+
+
+class BadRequest(AppError):
+    status, title, slug = 400, "Bad Request", "bad-request"
+
+
+class Unauthorized(AppError):
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+    def __init__(self, detail: str | None = None, **kw: Any) -> None:
+        kw.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(detail or "Authentication required: send 'Authorization: Bearer <access_token>'.", **kw)
+
+
+class Forbidden(AppError):
+    status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class NotFound(AppError):
+    status, title, slug = 404, "Not Found", "not-found"
+
+
+class Conflict(AppError):
+    status, title, slug = 409, "Conflict", "conflict"
+
+
+class PayloadTooLarge(AppError):
+    status, title, slug = 413, "Payload Too Large", "payload-too-large"
+
+
+class Unprocessable(AppError):
+    status, title, slug = 422, "Unprocessable Content", "validation"
+
+
+class TooManyRequests(AppError):
+    status, title, slug = 429, "Too Many Requests", "rate-limited"
+
+
+class ServiceUnavailable(AppError):
+    status, title, slug = 503, "Service Unavailable", "unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: float = 1, **kw: Any) -> None:
+        headers = dict(kw.pop("headers", None) or {})
+        headers.setdefault("Retry-After", str(max(1, math.ceil(retry_after))))
+        super().__init__(detail, headers=headers, **kw)
+
+
+class GatewayTimeout(AppError):
+    status, title, slug = 504, "Gateway Timeout", "timeout"
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from the body-limit receive wrapper; an HTTPException so FastAPI's body parsing re-raises it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"Request body exceeds the {limit}-byte limit.")
+
+
+_HTTP_TITLES = {
+    400: ("Bad Request", "bad-request"),
+    401: ("Unauthorized", "unauthorized"),
+    403: ("Forbidden", "forbidden"),
+    404: ("Not Found", "not-found"),
+    405: ("Method Not Allowed", "method-not-allowed"),
+    406: ("Not Acceptable", "not-acceptable"),
+    409: ("Conflict", "conflict"),
+    413: ("Payload Too Large", "payload-too-large"),
+    415: ("Unsupported Media Type", "unsupported-media-type"),
+    422: ("Unprocessable Content", "validation"),
+    429: ("Too Many Requests", "rate-limited"),
+    500: ("Internal Server Error", "internal"),
+    503: ("Service Unavailable", "unavailable"),
+}
+
+
+def problem_body(
+    status: int,
+    *,
+    title: str | None = None,
+    detail: str | None = None,
+    slug: str | None = None,
+    instance: str | None = None,
+    errors: Iterable[dict[str, str]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    default_title, default_slug = _HTTP_TITLES.get(status, ("Error", "error"))
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + (slug or default_slug),
+        "title": title or default_title,
+        "status": status,
+        "detail": detail or title or default_title,
+    }
+    if instance:
+        body["instance"] = instance
+    if errors is not None:
+        body["errors"] = list(errors)
+    if extra:
+        body.update({k: v for k, v in extra.items() if k not in body})
+    rid = request_id_var.get()
+    if rid:
+        body["request_id"] = rid
+    return body
+
+
+def problem_response(status: int, *, headers: Mapping[str, str] | None = None, **kw: Any) -> JSONResponse:
+    return JSONResponse(problem_body(status, **kw), status_code=status, headers=dict(headers or {}),
+                        media_type=PROBLEM_CONTENT_TYPE)
+
+
+def _field_path(loc: Iterable[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
+        where, rest = parts[0], parts[1:]
+        if where == "body":
+            return ".".join(rest) or "body"
+        return ".".join([where, *rest]) if rest else where
+    return ".".join(parts)
+
+
+def validation_errors(raw: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    out = []
+    for err in raw:
+        message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        out.append({"field": _field_path(err.get("loc", ())), "message": message})
+    return out
+
+
+async def _app_error_handler(request: Request, exc: AppError) -> JSONResponse:
+    return problem_response(
+        exc.status, title=exc.title, detail=exc.detail, slug=exc.slug, instance=request.url.path,
+        errors=exc.errors, extra=exc.extra, headers=exc.headers,
+    )
+
+
+async def _http_exception_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"No route matches {request.method} {request.url.path}."
+    if exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}."
+    return problem_response(exc.status_code, detail=detail, instance=request.url.path,
+                            headers=getattr(exc, "headers", None) or {})
+
+
+async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = validation_errors(exc.errors())
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+    return problem_response(422, detail=f"The request is invalid: {summary}", instance=request.url.path,
+                            errors=errors)
+
+
+async def _pool_timeout_handler(request: Request, exc: sqlalchemy.exc.TimeoutError) -> JSONResponse:
+    DB_POOL_TIMEOUTS.inc()
+    log.warning("database pool exhausted", extra={"path": request.url.path})
+    return problem_response(
+        503, detail="The database is busy; retry shortly.", slug="db-busy", instance=request.url.path,
+        headers={"Retry-After": "1"},
+    )
+
+
+def unhandled_problem() -> JSONResponse:
+    UNHANDLED_ERRORS.inc()
+    return problem_response(500, detail="An unexpected error occurred; it has been logged with this request id.")
+
+
+async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled exception", exc_info=exc)
+    return unhandled_problem()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_exception_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(sqlalchemy.exc.TimeoutError, _pool_timeout_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unhandled_handler)

@@ -1,0 +1,246 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware): request context, security headers, body cap.
+
+``RequestContextMiddleware`` is the outermost layer of our own: it assigns the request id,
+resolves the client IP (trusting ``X-Forwarded-For`` only from ``TRUSTED_PROXIES``), adds
+security and per-request headers, records metrics and writes one structured access-log line.
+It also turns an exception that escaped everything else into a 500 problem+json, so even
+that response carries the request id and is counted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.errors import BodyTooLarge, problem_body, unhandled_problem
+from app.core.observability import (
+    BODY_TOO_LARGE,
+    HTTP_DURATION,
+    HTTP_IN_FLIGHT,
+    HTTP_REQUESTS,
+    request_id_var,
+)
+
+access_log = logging.getLogger("tradedesk.access")
+log = logging.getLogger("tradedesk.http")
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+EXTRA_HEADERS_KEY = "tradedesk.response_headers"
+RATELIMIT_STATE_KEY = "tradedesk.ratelimit"  # a ratelimit.Decision, set by app.core.ratelimit
+DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def resolve_client_ip(scope: Scope, trusted: Sequence[Network]) -> str:
+    """The peer address, or the right-most untrusted hop of X-Forwarded-For when the peer is trusted."""
+    client = scope.get("client")
+    peer = client[0] if client else "unknown"
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    forwarded: list[str] = []
+    for name, value in scope.get("headers", ()):
+        if name == b"x-forwarded-for":
+            forwarded.extend(p.strip() for p in value.decode("latin-1").split(","))
+    for hop in reversed([h for h in forwarded if h]):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # malformed chain: do not trust any of it
+        if not _is_trusted(hop, trusted):
+            return hop
+    return forwarded[0] if forwarded else peer
+
+
+def _is_trusted(address: str, trusted: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def add_response_header(scope: Scope, name: str, value: str) -> None:
+    """Ask the request-context middleware to add a header to whatever response this request gets."""
+    scope.setdefault(EXTRA_HEADERS_KEY, {})[name.lower().encode("latin-1")] = value.encode("latin-1")
+
+
+def _late_headers(scope: Scope) -> dict[bytes, bytes]:
+    headers: dict[bytes, bytes] = dict(scope.get(EXTRA_HEADERS_KEY, {}))
+    decision = scope.get(RATELIMIT_STATE_KEY)
+    if decision is not None:
+        for name, value in decision.headers().items():
+            headers.setdefault(name.lower().encode("latin-1"), value.encode("latin-1"))
+    return headers
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return path if path else "<unmatched>"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, trusted_proxies: Sequence[Network] = (), production: bool = False) -> None:
+        self.app = app
+        self.trusted = list(trusted_proxies)
+        base = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"cross-origin-opener-policy", b"same-origin"),
+        ]
+        if production:
+            base.append((b"strict-transport-security", b"max-age=63072000; includeSubDomains"))
+        self.base_headers = base
+        self.api_headers = [
+            *base,
+            (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+        ]
+        self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        request_id = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _REQUEST_ID_RE.match(candidate):
+                    request_id = candidate
+                break
+        request_id = request_id or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        client_ip = resolve_client_ip(scope, self.trusted)
+        scope.setdefault("state", {})["client_ip"] = client_ip
+        scope["state"]["request_id"] = request_id
+
+        path: str = scope.get("path", "")
+        security = self.base_headers if path.startswith(DOCS_PATHS) else self.api_headers
+        status_holder = [500]
+        started = False
+        start = time.perf_counter()
+        HTTP_IN_FLIGHT.inc()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                status_holder[0] = message["status"]
+                headers = list(message.get("headers", ()))
+                present = {k.lower() for k, _ in headers}
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                headers.extend(h for h in security if h[0] not in present)
+                if b"cache-control" not in present:
+                    headers.append((b"cache-control", b"no-store"))
+                headers.extend((k, v) for k, v in _late_headers(scope).items() if k not in present)
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.error("unhandled exception", exc_info=True)
+            if not started:
+                response = unhandled_problem()
+                await response(scope, receive, send_wrapper)
+        finally:
+            duration = time.perf_counter() - start
+            HTTP_IN_FLIGHT.dec()
+            method = scope.get("method", "")
+            route = route_template(scope)
+            status = status_holder[0]
+            key = (method, route, status)
+            children = self._children.get(key)
+            if children is None:
+                children = (HTTP_REQUESTS.labels(method, route, str(status)), HTTP_DURATION.labels(method, route))
+                if len(self._children) < 5000:
+                    self._children[key] = children
+            children[0].inc()  # type: ignore[attr-defined]
+            children[1].observe(duration)  # type: ignore[attr-defined]
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": method,
+                        "route": route,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(duration * 1000, 3),
+                        "client_ip": client_ip,
+                    },
+                )
+            request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with 413: declared (Content-Length) or streamed (chunked)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, exempt_prefixes: Sequence[str] = ()) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.exempt = tuple(exempt_prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self.exempt and scope.get("path", "").startswith(self.exempt)):
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0:
+                    await _send_problem(send, 400, "Content-Length is not a valid number.")
+                    return
+                if declared > limit:
+                    BODY_TOO_LARGE.inc()
+                    await _send_problem(send, 413, f"Request body exceeds the {limit}-byte limit.", close=True)
+                    return
+                break
+
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    BODY_TOO_LARGE.inc()
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await _send_problem(send, 413, f"Request body exceeds the {limit}-byte limit.")
+
+
+async def _send_problem(send: Send, status: int, detail: str, *, close: bool = False) -> None:
+    body = json.dumps(problem_body(status, detail=detail)).encode()
+    headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,110 @@
+"""Logging, request ids and Prometheus metrics: one place for everything an operator watches.
+
+Metric names are fixed by the contract (§4 Operations); alert rules are written against them.
+Routes are labelled by their template (``/v1/orders/{id}``), never by the raw path.
+When ``PROMETHEUS_MULTIPROC_DIR`` is set (several workers), ``/metrics`` aggregates all of them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+# --------------------------------------------------------------------------------------
+# Metrics (process-wide, as Prometheus client libraries intend)
+# --------------------------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "HTTP requests served, by method, route template and status.",
+    ["method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds", "Time to serve a request, by route template.",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+HTTP_IN_FLIGHT = Gauge("http_requests_in_flight", "Requests being served now.", multiprocess_mode="livesum")
+DB_POOL_CHECKED_OUT = Gauge(
+    "db_pool_checked_out", "Database connections checked out of the pool now.", multiprocess_mode="livesum"
+)
+DB_POOL_SIZE = Gauge("db_pool_size", "Configured steady-state pool size.", multiprocess_mode="livesum")
+DB_POOL_OVERFLOW = Gauge(
+    "db_pool_overflow", "Connections open beyond the pool size now (negative: unused slots).",
+    multiprocess_mode="livesum",
+)
+DB_POOL_TIMEOUTS = Counter("db_pool_timeouts_total", "Pool checkouts that timed out (answered 503).")
+RATE_LIMIT_HITS = Counter("rate_limit_hits_total", "Requests refused by a rate limit (429).", ["route"])
+RATE_LIMIT_ERRORS = Counter(
+    "rate_limit_storage_errors_total", "Rate-limit storage failures (the limiter failed open).", ["limit"]
+)
+BODY_TOO_LARGE = Counter("http_request_body_too_large_total", "Requests refused with 413.")
+UNHANDLED_ERRORS = Counter("http_unhandled_exceptions_total", "Unexpected exceptions answered with 500.")
+
+
+def metrics_payload() -> tuple[bytes, str]:
+    """Render the metrics exposition (aggregated across workers in multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST
+
+
+# --------------------------------------------------------------------------------------
+# Structured logging
+# --------------------------------------------------------------------------------------
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id and any extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        rid = request_id_var.get()
+        if rid:
+            payload["request_id"] = rid
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str, separators=(",", ":"))
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send every logger (ours and uvicorn's) through one JSON handler on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # The access log is ours (one line per request with route template and duration).
+    logging.getLogger("uvicorn.access").disabled = True

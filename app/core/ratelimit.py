@@ -1,0 +1,149 @@
+"""Rate limiting as shared machinery, on the ``limits`` library's async API.
+
+* Storage: Redis (``REDIS_URL``) so every process shares one budget; in-process memory otherwise.
+* Strategy: sliding-window counter — O(1) per hit in Redis, no burst at window edges.
+* Identity: the client IP as resolved by the request-context middleware (``X-Forwarded-For`` is
+  honoured only from ``TRUSTED_PROXIES``), the user id, or any key a route chooses (e.g. an email).
+* Answers 429 problem+json with ``Retry-After`` and ``X-RateLimit-*``; successful responses carry
+  the ``X-RateLimit-*`` of the tightest limit the request passed.
+* If the storage fails (Redis down), the limiter **fails open**: the request is served, the
+  ``rate_limit_storage_errors_total`` counter goes up and a warning is logged (at most every 10 s).
+  Availability of the trading API beats strict limiting during a cache outage; operators alert
+  on that counter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from limits import RateLimitItem, parse
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
+
+from app.core.errors import TooManyRequests
+from app.core.middleware import RATELIMIT_STATE_KEY, route_template
+from app.core.observability import RATE_LIMIT_ERRORS, RATE_LIMIT_HITS
+
+log = logging.getLogger("tradedesk.ratelimit")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: float  # epoch seconds
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset_at - time.time()))
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(max(0, math.ceil(self.reset_at - time.time()))),
+        }
+
+
+class RateLimiter:
+    """Owns the storage; one per process, built in the lifespan."""
+
+    def __init__(self, redis_url: str | None, *, key_prefix: str = "tradedesk-rl") -> None:
+        if redis_url:
+            uri = "async+" + redis_url  # async+redis:// or async+rediss://
+            self.storage = storage_from_string(
+                uri, implementation="redispy", key_prefix=key_prefix, wrap_exceptions=True,
+                socket_timeout=0.5, socket_connect_timeout=0.5,
+            )
+            self.backend = "redis"
+        else:
+            self.storage = storage_from_string("async+memory://")
+            self.backend = "memory"
+        self.strategy = SlidingWindowCounterRateLimiter(self.storage)  # type: ignore[arg-type]
+        self._last_error_log = 0.0
+
+    async def hit(self, item: RateLimitItem, name: str, *identifiers: str) -> Decision:
+        """Consume one unit of ``item`` for the identifiers; never raises on storage failure."""
+        try:
+            allowed = await self.strategy.hit(item, name, *identifiers)
+            reset_at, remaining = await self.strategy.get_window_stats(item, name, *identifiers)
+        except Exception as exc:  # storage down: fail open, loudly
+            RATE_LIMIT_ERRORS.labels(name).inc()
+            now = time.monotonic()
+            if now - self._last_error_log > 10:
+                self._last_error_log = now
+                log.warning("rate-limit storage failed; failing open",
+                            extra={"limit": name, "backend": self.backend, "error": type(exc).__name__})
+            return Decision(True, item.amount, item.amount, time.time() + item.get_expiry())
+        return Decision(allowed, item.amount, int(remaining), float(reset_at))
+
+    async def reset(self) -> None:
+        await self.storage.reset()
+
+    async def close(self) -> None:
+        for attr in ("bridge",):
+            bridge = getattr(self.storage, attr, None)
+            storage = getattr(bridge, "storage", None)
+            if storage is not None and hasattr(storage, "aclose"):
+                await storage.aclose()
+
+
+def _remember(request: Request, decision: Decision) -> None:
+    """Keep the tightest passed limit for the response headers."""
+    current: Decision | None = request.scope.get(RATELIMIT_STATE_KEY)
+    if current is None or decision.remaining < current.remaining:
+        request.scope[RATELIMIT_STATE_KEY] = decision
+
+
+async def enforce(request: Request, limit: str | RateLimitItem, name: str, *identifiers: str) -> Decision:
+    """Consume one unit; raise 429 problem+json when the limit is exhausted."""
+    item = parse(limit) if isinstance(limit, str) else limit
+    limiter: RateLimiter = request.app.state.limiter
+    decision = await limiter.hit(item, name, *identifiers)
+    if not decision.allowed:
+        route = route_template(request.scope)
+        RATE_LIMIT_HITS.labels(route).inc()
+        log.info("rate limit exceeded", extra={"limit": name, "route": route})
+        raise TooManyRequests(
+            f"Rate limit '{limit}' exceeded for {name}; retry in {decision.retry_after} s.",
+            headers={**decision.headers(), "X-RateLimit-Remaining": "0", "Retry-After": str(decision.retry_after)},
+        )
+    _remember(request, decision)
+    return decision
+
+
+def client_ip(request: Request) -> str:
+    state = request.scope.get("state") or {}
+    return state.get("client_ip") or (request.client.host if request.client else "unknown")
+
+
+def hashed(value: str) -> str:
+    """Identifiers such as emails are hashed before they become storage keys (no PII in Redis)."""
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def RateLimit(  # noqa: N802 - reads like a class at the use site: Depends(RateLimit(...))
+    setting: str, *, name: str, key: Callable[[Request], str] = client_ip
+) -> Callable[[Request], Coroutine[Any, Any, None]]:
+    """Dependency factory: ``Depends(RateLimit("rate_limit_orders", name="orders", key=user_key))``.
+
+    ``setting`` names the Settings attribute holding the limit string, so operators tune it by env var.
+    """
+
+    async def dependency(request: Request) -> None:
+        limit = getattr(request.app.state.settings, setting)
+        await enforce(request, limit, name, key(request))
+
+    dependency.__name__ = f"rate_limit_{name}"
+    return dependency
+
+
+default_rate_limit = RateLimit("rate_limit_default", name="default")

@@ -1,0 +1,99 @@
+"""Application factory: lifespan (pool, limiter, clients), middleware, error handlers, routers.
+
+``uvicorn app.main:app`` works (the module builds ``app`` on first access, validating the
+configuration first); tests call ``create_app(settings)`` with their own settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from app import __version__
+from app.api import api_router
+from app.core.config import Settings, load_settings_or_exit
+from app.core.db import create_engine, create_sessionmaker
+from app.core.errors import install_error_handlers
+from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.core.observability import configure_logging
+from app.core.ratelimit import RateLimiter
+from app.ops.router import router as ops_router
+
+log = logging.getLogger("tradedesk.app")
+
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID", "Stripe-Signature"]
+CORS_EXPOSE_HEADERS = [
+    "X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
+    "X-Cache", "Idempotent-Replayed", "Location",
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings_or_exit()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+        app.state.limiter = RateLimiter(redis_url)
+        if redis_url is None and settings.web_concurrency > 1:
+            log.warning(
+                "REDIS_URL is unset with WEB_CONCURRENCY > 1: rate limits, breaker state and cache are "
+                "per process, so each worker enforces its own budget",
+                extra={"web_concurrency": settings.web_concurrency},
+            )
+        log.info("startup", extra={"env": settings.app_env, "version": __version__,
+                                   "shared_state": "redis" if redis_url else "memory"})
+        try:
+            yield
+        finally:
+            await app.state.limiter.close()
+            await engine.dispose()
+            log.info("shutdown")
+
+    app = FastAPI(
+        title="Tradedesk",
+        version=__version__,
+        summary="Trading backend: accounts, orders, billing, broker linking, market data, alerts, quant tools.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(ops_router)
+    app.include_router(api_router)
+
+    # add_middleware wraps: the last one added is the outermost.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.frontend_origins,
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        allow_headers=CORS_ALLOW_HEADERS,
+        expose_headers=CORS_EXPOSE_HEADERS,
+        max_age=600,
+    )
+    app.add_middleware(
+        RequestContextMiddleware,
+        trusted_proxies=settings.trusted_proxy_networks,
+        production=settings.app_env == "production",
+    )
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # Lazily build the ASGI app for `uvicorn app.main:app`: a bad configuration exits non-zero
+    # with one message naming every offending variable, before the server binds its port.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,134 @@
+"""Shared fixtures: a real PostgreSQL database per run (migrated once), real Redis when reachable,
+and apps built by the real factory, served in-process over ASGI with the full middleware stack."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from asgi_lifespan import LifespanManager
+from fastapi import APIRouter, FastAPI
+
+from app.main import create_app
+from app.models import metadata
+from tests.support import db as dbsupport
+from tests.support.settings import make_settings
+
+ClientFactory = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+def _test_redis_url() -> str | None:
+    base = os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL")
+    if not base:
+        return None
+    parts = urlsplit(base)
+    # A dedicated logical database, flushed between tests, so a developer's data is never touched.
+    return urlunsplit((parts.scheme, parts.netloc, "/15", "", ""))
+
+
+@pytest.fixture(scope="session")
+async def database() -> AsyncIterator[tuple[str, str]]:
+    name, url = await dbsupport.create_database()
+    await asyncio.to_thread(dbsupport.migrate, url)
+    yield name, url
+    await dbsupport.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def database_url(database: tuple[str, str]) -> str:
+    return database[1]
+
+
+@pytest.fixture(scope="session")
+async def redis_url() -> str | None:
+    url = _test_redis_url()
+    if url is None:
+        return None
+    client = aioredis.from_url(url, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except Exception:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"REDIS_URL is set but Redis is not reachable in CI: {urlsplit(url).netloc}") from None
+        return None
+    finally:
+        await client.aclose()
+    return url
+
+
+@pytest.fixture
+def require_redis(redis_url: str | None) -> str:
+    if redis_url is None:
+        pytest.skip("needs Redis: set REDIS_URL (CI does)")
+    return redis_url
+
+
+@pytest.fixture(autouse=True)
+async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Every test starts from empty tables and an empty Redis test database."""
+    yield
+    if "database" in request.fixturenames:
+        _, url = request.getfixturevalue("database")
+        tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+        if tables:
+            conn = await asyncpg.connect(dbsupport.asyncpg_dsn(url))
+            try:
+                await conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+            finally:
+                await conn.close()
+    url = _test_redis_url()
+    if url and "redis_url" in request.fixturenames:
+        client = aioredis.from_url(url, socket_connect_timeout=1)
+        try:
+            await client.flushdb()
+        except Exception:
+            pass
+        finally:
+            await client.aclose()
+
+
+@pytest.fixture
+async def make_client(database_url: str, redis_url: str | None) -> AsyncIterator[ClientFactory]:
+    """Build an app with settings overrides, start its lifespan and return an httpx client on it."""
+    async with AsyncExitStack() as stack:
+
+        async def factory(
+            *,
+            routers: Iterable[APIRouter] = (),
+            client_ip: str = "127.0.0.1",
+            use_redis: bool = False,
+            app_hook: Callable[[FastAPI], None] | None = None,
+            **overrides: Any,
+        ) -> httpx.AsyncClient:
+            if use_redis and redis_url is None:
+                pytest.skip("needs Redis: set REDIS_URL (CI does)")
+            overrides.setdefault("database_url", database_url)
+            overrides.setdefault("redis_url", redis_url if use_redis else None)
+            settings = make_settings(**overrides)
+            app = create_app(settings)
+            for router in routers:
+                app.include_router(router)
+            if app_hook:
+                app_hook(app)
+            manager = await stack.enter_async_context(LifespanManager(app, startup_timeout=30))
+            transport = httpx.ASGITransport(app=manager.app, client=(client_ip, 51234))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30)
+            )
+            client.app = app  # type: ignore[attr-defined]
+            return client
+
+        yield factory
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> httpx.AsyncClient:
+    return await make_client()

@@ -1,0 +1,48 @@
+"""Docker is not available here: parse the Dockerfile and compose file and check the essentials."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_dockerfile_is_multistage_slim_nonroot_with_healthcheck() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.M | re.I)
+    assert len(stages) >= 2, "multi-stage build expected"
+    assert all("slim" in image for image, _ in stages)
+    assert re.search(r"^COPY --from=build", text, flags=re.M)
+    users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*healthz", text, flags=re.M | re.S)
+    assert '"-m", "app"' in text  # config validated before binding
+    assert "migrations" in text and "alembic.ini" in text
+
+
+def test_compose_has_app_migrate_postgres_redis_with_healthchecks() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"app", "migrate", "postgres", "redis"} <= set(services)
+    assert services["postgres"]["image"].startswith("postgres:16")
+    assert services["redis"]["image"].startswith("redis:7")
+    for name in ("postgres", "redis", "app"):
+        assert "healthcheck" in services[name], name
+    assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
+    deps = services["app"]["depends_on"]
+    assert deps["postgres"]["condition"] == "service_healthy"
+    assert deps["redis"]["condition"] == "service_healthy"
+    assert deps["migrate"]["condition"] == "service_completed_successfully"
+    for name in ("app", "migrate"):
+        assert services[name]["env_file"] == ".env"
+        env = services[name]["environment"]
+        assert env["DATABASE_URL"].startswith("postgresql+asyncpg://") and "@postgres:5432/" in env["DATABASE_URL"]
+    assert services["app"]["environment"]["REDIS_URL"].startswith("redis://redis:6379")
+
+
+def test_env_and_secrets_never_enter_the_image_or_repo() -> None:
+    assert ".env" in (ROOT / ".dockerignore").read_text().split()
+    assert ".env" in (ROOT / ".gitignore").read_text().split()

@@ -1,0 +1,109 @@
+"""The HTTP edge: CORS, problem+json everywhere, body cap, transactions, pool exhaustion."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import httpx
+
+from tests.support import db as dbsupport
+from tests.support.routes import router as support_router
+
+ALLOWED = "http://localhost:3000"
+
+
+def assert_problem(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["status"] == status
+    for key in ("type", "title", "detail"):
+        assert isinstance(body[key], str) and body[key]
+    assert body["request_id"] == r.headers["x-request-id"]
+    return body
+
+
+async def test_preflight_from_frontend_origin_allowed(client: httpx.AsyncClient) -> None:
+    r = await client.options("/v1/orders", headers={
+        "Origin": ALLOWED, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,idempotency-key"})
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == ALLOWED
+    assert "*" not in r.headers["access-control-allow-origin"]
+
+
+async def test_preflight_from_other_origin_gets_no_allow_origin(client: httpx.AsyncClient) -> None:
+    r = await client.options("/v1/orders", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in r.headers
+    simple = await client.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in simple.headers
+    ok = await client.get("/healthz", headers={"Origin": ALLOWED})
+    assert ok.headers["access-control-allow-origin"] == ALLOWED
+
+
+async def test_problem_json_for_404_405_422_500(make_client) -> None:
+    client = await make_client(routers=[support_router])
+    assert_problem(await client.get("/v1/does-not-exist"), 404)
+    body405 = assert_problem(await client.delete("/healthz"), 405)
+    assert "DELETE" in body405["detail"]
+    body422 = assert_problem(await client.post("/v1/_test/items", json={"name": "", "qty": "many", "extra": 1}), 422)
+    fields = {e["field"] for e in body422["errors"]}
+    assert {"name", "qty"} <= fields
+    assert all(e["message"] for e in body422["errors"])
+    malformed = assert_problem(await client.post("/v1/_test/items", content=b"{not json",
+                                                 headers={"content-type": "application/json"}), 422)
+    assert malformed["errors"]
+    body500 = assert_problem(await client.get("/v1/_test/boom"), 500)
+    assert "SELECT" not in str(body500) and "Traceback" not in str(body500) and "secret" not in str(body500)
+
+
+async def test_body_over_limit_is_413_declared_and_chunked(make_client) -> None:
+    client = await make_client(routers=[support_router], max_body_bytes=2048)
+    small = await client.post("/v1/_test/echo-size", json={"a": "x" * 100})
+    assert small.status_code == 200
+    big = b'{"a": "' + b"x" * 5000 + b'"}'
+    assert_problem(await client.post("/v1/_test/echo-size", content=big,
+                                     headers={"content-type": "application/json"}), 413)
+
+    async def chunks():
+        for _ in range(10):
+            yield b"x" * 1000  # no Content-Length: Transfer-Encoding: chunked
+
+    r = await client.post("/v1/_test/echo-size", content=chunks(), headers={"content-type": "application/json"})
+    assert_problem(r, 413)
+
+
+async def test_session_rolls_back_on_error_and_commits_on_success(make_client, database_url: str) -> None:
+    client = await make_client(routers=[support_router])
+    assert (await client.post("/v1/_test/write-then-fail")).status_code == 500
+    assert (await client.post("/v1/_test/write")).status_code == 200
+    conn = await asyncpg.connect(dbsupport.asyncpg_dsn(database_url))
+    try:
+        emails = {r["email"] for r in await conn.fetch("SELECT email FROM users")}
+    finally:
+        await conn.close()
+    assert emails == {"b@x.io"}
+
+
+async def test_pool_exhaustion_answers_503_fast_never_500(make_client) -> None:
+    client = await make_client(routers=[support_router], db_pool_size=1, db_max_overflow=0, db_pool_timeout=1)
+
+    async def one() -> tuple[httpx.Response, float]:
+        start = time.perf_counter()
+        r = await client.get("/v1/_test/db-sleep", params={"seconds": 0.3})
+        return r, time.perf_counter() - start
+
+    results = await asyncio.gather(*(one() for _ in range(20)))
+    statuses = [r.status_code for r, _ in results]
+    assert set(statuses) <= {200, 503}, statuses
+    assert 200 in statuses and 503 in statuses
+    for r, elapsed in results:
+        assert elapsed < 2.5, elapsed
+        if r.status_code == 503:
+            assert_problem(r, 503)
+            assert int(r.headers["retry-after"]) >= 1
+    metrics = (await client.get("/metrics")).text
+    line = next(line for line in metrics.splitlines() if line.startswith("db_pool_timeouts_total "))
+    assert float(line.split()[1]) >= statuses.count(503)
