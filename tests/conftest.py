@@ -26,7 +26,9 @@ ClientFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
 def _test_redis_url() -> str | None:
-    base = os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL")
+    if os.environ.get("TEST_REDIS_URL"):
+        return os.environ["TEST_REDIS_URL"]  # used as given (pick a database number no one else uses)
+    base = os.environ.get("REDIS_URL")
     if not base:
         return None
     parts = urlsplit(base)
