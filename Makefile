@@ -30,7 +30,7 @@ test: install
 	$(BIN)/python scripts/dev.py test -- $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH)
 
 lint: install
 	$(BIN)/ruff check app tests scripts bench

@@ -12,14 +12,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.api import api_router
 from app.core.config import Settings, load_settings_or_exit
 from app.core.db import create_engine, create_sessionmaker
 from app.core.errors import install_error_handlers
-from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.core.middleware import BodyLimitMiddleware, CORSMiddleware, RequestContextMiddleware
 from app.core.observability import configure_logging
 from app.core.ratelimit import RateLimiter
 from app.ops.router import router as ops_router

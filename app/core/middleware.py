@@ -14,21 +14,22 @@ import json
 import logging
 import re
 import time
-import uuid
+import os
 from collections.abc import Sequence
 
+from starlette.middleware.cors import CORSMiddleware as StarletteCORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import BodyTooLarge, problem_body, unhandled_problem
 from app.core.observability import (
     BODY_TOO_LARGE,
+    AccessLogWriter,
     HTTP_DURATION,
     HTTP_IN_FLIGHT,
     HTTP_REQUESTS,
     request_id_var,
 )
 
-access_log = logging.getLogger("tradedesk.access")
 log = logging.getLogger("tradedesk.http")
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -105,6 +106,7 @@ class RequestContextMiddleware:
             (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
         ]
         self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
+        self.access_log = AccessLogWriter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,7 +120,7 @@ class RequestContextMiddleware:
                 if _REQUEST_ID_RE.match(candidate):
                     request_id = candidate
                 break
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or os.urandom(16).hex()
         token = request_id_var.set(request_id)
         client_ip = resolve_client_ip(scope, self.trusted)
         scope.setdefault("state", {})["client_ip"] = client_ip
@@ -142,6 +144,8 @@ class RequestContextMiddleware:
                 headers.extend(h for h in security if h[0] not in present)
                 if b"cache-control" not in present:
                     headers.append((b"cache-control", b"no-store"))
+                if b"vary" not in present:  # responses depend on Origin (CORS), also for non-CORS requests
+                    headers.append((b"vary", b"Origin"))
                 headers.extend((k, v) for k, v in _late_headers(scope).items() if k not in present)
                 message["headers"] = headers
             await send(message)
@@ -167,19 +171,25 @@ class RequestContextMiddleware:
                     self._children[key] = children
             children[0].inc()  # type: ignore[attr-defined]
             children[1].observe(duration)  # type: ignore[attr-defined]
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "request",
-                    extra={
-                        "method": method,
-                        "route": route,
-                        "path": path,
-                        "status": status,
-                        "duration_ms": round(duration * 1000, 3),
-                        "client_ip": client_ip,
-                    },
-                )
+            if self.access_log.enabled():
+                self.access_log.write(now=time.time(), request_id=request_id, method=method, route=route,
+                                      path=path, status=status, duration=duration, client_ip=client_ip)
             request_id_var.reset(token)
+
+
+class CORSMiddleware(StarletteCORSMiddleware):
+    """Starlette's CORS, with a fast path: a request without an Origin header is not a CORS request,
+    so it passes straight through (``Vary: Origin`` is added by RequestContextMiddleware)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, _ in scope.get("headers", ()):
+                if name == b"origin":
+                    break
+            else:
+                await self.app(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 class BodyLimitMiddleware:
@@ -195,8 +205,12 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.max_bytes
+        has_body = False
         for name, value in scope.get("headers", ()):
-            if name == b"content-length":
+            if name == b"transfer-encoding":
+                has_body = True
+            elif name == b"content-length":
+                has_body = True
                 try:
                     declared = int(value)
                 except ValueError:
@@ -208,7 +222,9 @@ class BodyLimitMiddleware:
                     BODY_TOO_LARGE.inc()
                     await _send_problem(send, 413, f"Request body exceeds the {limit}-byte limit.", close=True)
                     return
-                break
+        if not has_body:  # HTTP/1.1: neither header means no body at all
+            await self.app(scope, receive, send)
+            return
 
         received = 0
         started = False

@@ -95,6 +95,58 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str, separators=(",", ":"))
 
 
+class AccessLogWriter:
+    """The per-request access line, rendered directly to JSON on the hot path.
+
+    Same shape as ``JsonFormatter`` output, but without building a LogRecord and a dict per request
+    (that cost a third of a minimal request's CPU). Enabled while the ``tradedesk.access`` logger is
+    enabled for INFO; the line goes to the same stream as every other log line.
+    """
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("tradedesk.access")
+        self._second = -1
+        self._prefix = ""
+
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def _timestamp(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{int((now - second) * 1000):03d}+00:00"
+
+    def write(self, *, now: float, request_id: str, method: str, route: str, path: str, status: int,
+              duration: float, client_ip: str) -> None:
+        line = (
+            f'{{"ts":"{self._timestamp(now)}","level":"info","logger":"tradedesk.access","msg":"request",'
+            f'"request_id":"{request_id}","method":{_q(method)},"route":{_q(route)},"path":{_q(path)},'
+            f'"status":{status},"duration_ms":{duration * 1000:.3f},"client_ip":{_q(client_ip)}}}\n'
+        )
+        stream = _log_stream()
+        try:
+            stream.write(line)
+            stream.flush()
+        except Exception:  # a closed or broken log stream never fails a request
+            pass
+
+
+def _q(value: str) -> str:
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json.dumps(value)
+
+
+def _log_stream() -> Any:
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        if stream is not None:
+            return stream
+    return sys.stderr
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send every logger (ours and uvicorn's) through one JSON handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
