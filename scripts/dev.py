@@ -117,8 +117,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ["DATABASE_URL"] = url
     migrate(url)
     _say(f"serving on http://{args.host}:{args.port} (API docs at /docs)")
+    import signal
+
     import uvicorn
 
+    # uvicorn re-raises the signal that stopped it; turn SIGTERM into a normal exit so the embedded
+    # PostgreSQL is stopped by its exit handler instead of being left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # proxy_headers=False: the client IP comes from the socket; X-Forwarded-For is honoured by the
     # app itself, and only from TRUSTED_PROXIES.
     uvicorn.run("app.main:app", host=args.host, port=args.port, proxy_headers=False, access_log=False,
