@@ -160,3 +160,6 @@ def configure_logging(level: str = "INFO") -> None:
         logger.propagate = True
     # The access log is ours (one line per request with route template and duration).
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request URL at INFO; URLs can carry secrets (e.g. Discord webhook tokens).
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
