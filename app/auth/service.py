@@ -1,0 +1,129 @@
+"""Accounts: signup, credential checks, profile. Keyword-only functions; never commits."""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+import uuid
+from dataclasses import dataclass
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.models import User
+from app.auth.repository import EmailTaken, UserRepository
+from app.billing import service as billing_service
+from app.core.errors import Conflict, Unauthorized
+from app.core.ratelimit import hashed
+from app.core.security import PasswordHashing
+
+log = logging.getLogger("tradedesk.auth")
+
+DISPLAY_NAME_MAX_LENGTH = 100  # characters, after cleaning (column is varchar(200))
+BIO_MAX_LENGTH = 5000  # characters of sanitized HTML, as stored
+PASSWORD_MIN_LENGTH = 12
+PASSWORD_MAX_LENGTH = 1024  # bounds the Argon2 input and the request; no truncation ever happens
+EMAIL_MAX_LENGTH = 320
+
+
+
+class InvalidCredentials(Unauthorized):
+    """One answer for an unknown email and a wrong password (no account enumeration)."""
+
+    slug = "invalid-credentials"
+
+    def __init__(self) -> None:
+        super().__init__("The email or password is incorrect.")
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedEmail:
+    display: str  # what the user typed, with the domain canonicalised: stored in users.email
+    key: str  # case-insensitive identity: stored in users.email_normalized (unique index)
+
+
+def normalize_email(raw: str) -> NormalizedEmail:
+    """Validate (syntax only, no DNS) and normalise an email; ``ValueError`` with a readable reason.
+
+    ``display`` is email-validator's normalised form (surrounding whitespace removed, domain
+    lower-cased and IDNA-canonicalised, local part NFC) — kept for display. ``key`` additionally
+    applies NFKC (compatibility forms such as full-width letters fold to their plain form) and
+    lower-cases the whole address, local part included: no mainstream provider treats the local
+    part case-sensitively, and two accounts differing only in case are a support and phishing risk.
+    Provider-specific aliasing (dots, ``+tags``) is *not* folded: those are distinct addresses.
+    """
+    try:
+        result = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"is not a valid email address: {exc}") from None
+    display = result.normalized
+    key = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", display).lower())
+    if len(display) > EMAIL_MAX_LENGTH or len(key) > EMAIL_MAX_LENGTH:
+        raise ValueError("is not a valid email address: too long")
+    return NormalizedEmail(display=display, key=key)
+
+
+def login_key(raw_email: str) -> str:
+    """The identity a login attempt counts against: the normalised email, or the folded raw text."""
+    try:
+        return normalize_email(raw_email).key
+    except ValueError:
+        return unicodedata.normalize("NFKC", raw_email.strip()).lower()
+
+
+async def signup(
+    *, session: AsyncSession, passwords: PasswordHashing, email: NormalizedEmail, password: str,
+    display_name: str | None,
+) -> User:
+    """Create an account; ``Conflict`` when the (normalised) email already exists, also under races."""
+    password_hash = await passwords.hash(password)  # before touching the pool: no connection held
+    try:
+        user = await UserRepository(session).add(
+            email=email.display, email_normalized=email.key, password_hash=password_hash,
+            display_name=display_name or None,
+        )
+    except EmailTaken:
+        raise Conflict("An account with this email already exists.") from None
+    log.info("account created", extra={"user_id": str(user.id)})
+    return user
+
+
+async def authenticate(
+    *, session: AsyncSession, passwords: PasswordHashing, email_key: str, password: str
+) -> uuid.UUID:
+    """The user id for valid credentials, else ``InvalidCredentials``; the same Argon2 work either way.
+
+    Re-hashes the password when the stored hash was made with other parameters.
+    """
+    repo = UserRepository(session)
+    credentials = await repo.get_credentials(email_key)
+    # End the read-only transaction before Argon2 so the pooled connection is not held while the
+    # hash waits for a worker thread (seconds under a burst). Nothing has been written; not a commit.
+    await session.rollback()
+    if credentials is None:
+        await passwords.verify_dummy(password)
+        log.info("login failed", extra={"email_hash": hashed(email_key)})
+        raise InvalidCredentials()
+    matches, needs_rehash = await passwords.verify(credentials.password_hash, password)
+    if not matches:
+        log.info("login failed", extra={"email_hash": hashed(email_key)})
+        raise InvalidCredentials()
+    if needs_rehash:
+        new_hash = await passwords.hash(password)
+        if await repo.replace_password_hash(credentials.user_id, old_hash=credentials.password_hash,
+                                            new_hash=new_hash):
+            log.info("password re-hashed with current parameters", extra={"user_id": str(credentials.user_id)})
+    return credentials.user_id
+
+
+async def update_profile(*, session: AsyncSession, user: User, changes: dict[str, str | None]) -> User:
+    """Apply already-sanitized profile fields; an empty string clears a field (stored as NULL)."""
+    values = {name: (value or None) for name, value in changes.items()}
+    if not values:
+        return user
+    return await UserRepository(session).update_profile(user, values)
+
+
+async def subscription_status(*, session: AsyncSession, user_id: uuid.UUID) -> str:
+    """The user's subscription status, as billing knows it (``none`` before any checkout)."""
+    return await billing_service.subscription_status(session=session, user_id=user_id)
