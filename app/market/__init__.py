@@ -1,0 +1,1 @@
+"""Market data routes: latest quotes and historical bars, cached (contract §4, Market data)."""

@@ -1,0 +1,61 @@
+"""GET /v1/market-data/quotes/{symbol} and /bars/{symbol}: no login; X-Cache: HIT|MISS|STALE."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from app.market import service
+from app.market.schemas import (
+    DEFAULT_BARS_LIMIT,
+    BarsOut,
+    EndQuery,
+    LimitQuery,
+    QuoteOut,
+    StartQuery,
+    Symbol,
+    TimeframeQuery,
+)
+from app.providers.market_data import MarketData
+from app.providers.market_data.base import Timeframe
+
+router = APIRouter(prefix="/market-data", tags=["market data"])
+
+
+async def get_market_data(request: Request) -> MarketData:
+    # async: a plain `def` dependency would cost a thread-pool hop on every request
+    return request.app.state.market_data
+
+
+MarketDataDep = Annotated[MarketData, Depends(get_market_data)]
+
+_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"headers": {"X-Cache": {"description": "HIT, MISS or STALE (provider failing; cached copy served)",
+                                  "schema": {"type": "string"}}}},
+    404: {"description": "The provider knows no such symbol"},
+    422: {"description": "Invalid symbol, timeframe, start/end or limit"},
+    503: {"description": "Provider unavailable and no cached copy (with Retry-After)"},
+}
+
+
+@router.get("/quotes/{symbol}", response_model=QuoteOut, responses=_RESPONSES, summary="Latest quote")
+async def get_quote(symbol: Symbol, market: MarketDataDep) -> JSONResponse:
+    value, status = await service.get_quote(market=market, symbol=symbol)
+    # The value is built by quote_to_json in exactly QuoteOut's shape; skip re-validating it per request.
+    return JSONResponse(value, headers={"X-Cache": status.value})
+
+
+@router.get("/bars/{symbol}", response_model=BarsOut, responses=_RESPONSES, summary="Historical bars")
+async def get_bars(
+    symbol: Symbol,
+    market: MarketDataDep,
+    timeframe: TimeframeQuery = Timeframe.DAY_1,
+    start: StartQuery = None,
+    end: EndQuery = None,
+    limit: LimitQuery = DEFAULT_BARS_LIMIT,
+) -> JSONResponse:
+    query = service.bars_query(symbol=symbol, timeframe=timeframe, start=start, end=end, limit=limit)
+    value, status = await service.get_bars(market=market, query=query)
+    return JSONResponse(value, headers={"X-Cache": status.value})

@@ -1,0 +1,1 @@
+"""External systems, each behind a small interface, with a live and a local implementation."""

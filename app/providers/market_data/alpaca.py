@@ -1,0 +1,165 @@
+"""Alpaca Market Data API v2 over the shared outbound layer (timeouts, retries, breaker, metrics).
+
+* Quote: ``GET /v2/stocks/{symbol}/quotes/latest`` → ``{"symbol", "quote": {"t", "ap", "as", "ax", "bp", "bs",
+  "bx", "c", "z"}}`` gives bid/ask; ``GET /v2/stocks/{symbol}/trades/latest`` → ``{"symbol", "trade": {"t", "p",
+  "s", …}}`` gives ``last`` (the quote endpoint carries no trade price). The two run one after the other under
+  one deadline, so a half-open breaker's single trial is the first of them.
+* Bars: ``GET /v2/stocks/{symbol}/bars?timeframe=&start=&end=&limit=&page_token=`` →
+  ``{"symbol", "bars": [{"t", "o", "h", "l", "c", "v", "n", "vw"}] | null, "next_page_token": str | null}``;
+  pages are followed until ``limit`` bars or no token, all under one deadline.
+
+Credentials go in ``APCA-API-KEY-ID`` / ``APCA-API-SECRET-KEY`` headers set on the client (never logged).
+Numbers are parsed straight to ``Decimal`` (no binary floats). Alpaca's 404 / 422 "not found / invalid
+symbol" answers become our 404; any other 4xx (401/403: our credentials are wrong) is logged as an error and
+treated as an outage (stale copy or 503: the client did nothing wrong); anything unparseable is an
+``UpstreamBadResponse``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import httpx
+
+from app.core.errors import NotFound
+from app.core.http import OutboundClient, UpstreamBadResponse, UpstreamError, UpstreamTimeout
+from app.providers.market_data.base import Bar, BarsQuery, Quote, iso
+
+log = logging.getLogger("tradedesk.market_data")
+
+PROVIDER = "alpaca-data"
+MAX_PAGE = 10_000  # Alpaca's largest page
+MAX_PAGES = 50  # a provider that keeps sending tokens with empty pages cannot loop us for ever
+
+
+class AlpacaMarketData:
+    name = "alpaca"
+
+    def __init__(self, client: OutboundClient) -> None:
+        self.client = client
+
+    # ------------------------------------------------------------------ quotes
+    async def latest_quote(self, symbol: str) -> Quote:
+        ends_at = time.monotonic() + self.client.deadline
+        body = await self._get_json(f"/v2/stocks/{symbol}/quotes/latest", symbol, ends_at)
+        quote = body.get("quote")
+        if not isinstance(quote, dict) or quote.get("bp") is None or quote.get("ap") is None:
+            raise NotFound(f"No quote for {symbol}.")
+        trade_body = await self._get_json(f"/v2/stocks/{symbol}/trades/latest", symbol, ends_at, missing_ok=True)
+        trade = trade_body.get("trade") if trade_body else None
+        last = _decimal(trade.get("p"), "trade.p") if isinstance(trade, dict) and trade.get("p") is not None else None
+        return Quote(
+            symbol=symbol,
+            bid=_decimal(quote["bp"], "quote.bp"),
+            ask=_decimal(quote["ap"], "quote.ap"),
+            last=last,
+            timestamp=_time(quote.get("t"), "quote.t"),
+        )
+
+    # ------------------------------------------------------------------ bars
+    async def bars(self, query: BarsQuery) -> list[Bar]:
+        ends_at = time.monotonic() + self.client.deadline
+        out: list[Bar] = []
+        token: str | None = None
+        for _ in range(MAX_PAGES):
+            params: dict[str, Any] = {
+                "timeframe": query.timeframe.value,
+                "start": iso(query.start),
+                "end": iso(query.end),
+                "limit": min(MAX_PAGE, query.limit - len(out)),
+            }
+            if token:
+                params["page_token"] = token
+            body = await self._get_json(f"/v2/stocks/{query.symbol}/bars", query.symbol, ends_at, params=params)
+            page = body.get("bars") or []
+            if not isinstance(page, list):
+                raise UpstreamBadResponse(self.client.provider, "bars is not a list")
+            for raw in page:
+                out.append(_bar(raw))
+                if len(out) >= query.limit:
+                    return out
+            token = body.get("next_page_token")
+            if not token:
+                return out
+        log.warning("bars pagination stopped at the page cap", extra={"pages": MAX_PAGES, "bars": len(out)})
+        return out
+
+    async def aclose(self) -> None:
+        return None  # the client belongs to app.core.http.Outbound, which closes it
+
+    # ------------------------------------------------------------------ plumbing
+    async def _get_json(self, path: str, symbol: str, ends_at: float, *, params: dict[str, Any] | None = None,
+                        missing_ok: bool = False) -> dict[str, Any]:
+        remaining = ends_at - time.monotonic()
+        if remaining <= 0:
+            raise UpstreamTimeout(self.client.provider, seconds=self.client.deadline)
+        response = await self.client.get(path, params=params, deadline=remaining)
+        status = response.status_code
+        if status == 404 or (status in (400, 422) and "symbol" in _reason(response).lower()):
+            if missing_ok:
+                return {}
+            raise NotFound(f"The market-data provider knows no symbol {symbol}.")
+        if status >= 400:
+            # Our credentials or our request were refused: nothing the client can fix. Logged loudly; answered
+            # like an outage (a stale copy if there is one, else 503) so operators, not users, act on it.
+            log.error("alpaca market data refused a request",
+                      extra={"status": status, "reason": _reason(response), "path_kind": path.rsplit("/", 1)[-1]})
+            raise UpstreamError(self.client.provider, "The market-data provider refused the request; retry later.",
+                                retry_after=60)
+        try:
+            body = json.loads(response.content, parse_float=Decimal)
+        except ValueError:
+            raise UpstreamBadResponse(self.client.provider, "not JSON") from None
+        if not isinstance(body, dict):
+            raise UpstreamBadResponse(self.client.provider, "not a JSON object")
+        return body
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        message = response.json().get("message", "")
+    except (ValueError, AttributeError):
+        message = ""
+    return str(message)[:200]
+
+
+def _decimal(value: Any, field: str) -> Decimal:
+    if isinstance(value, bool) or value is None:
+        raise UpstreamBadResponse(PROVIDER, f"{field} is not a number")
+    try:
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise UpstreamBadResponse(PROVIDER, f"{field} is not a number") from None
+    if not number.is_finite() or number < 0:
+        raise UpstreamBadResponse(PROVIDER, f"{field} is not a valid amount")
+    return number
+
+
+def _time(value: Any, field: str) -> dt.datetime:
+    if not isinstance(value, str):
+        raise UpstreamBadResponse(PROVIDER, f"{field} is not a timestamp")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise UpstreamBadResponse(PROVIDER, f"{field} is not a timestamp") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
+
+
+def _bar(raw: Any) -> Bar:
+    if not isinstance(raw, dict):
+        raise UpstreamBadResponse(PROVIDER, "a bar is not an object")
+    return Bar(
+        t=_time(raw.get("t"), "bar.t"),
+        o=_decimal(raw.get("o"), "bar.o"),
+        h=_decimal(raw.get("h"), "bar.h"),
+        l=_decimal(raw.get("l"), "bar.l"),
+        c=_decimal(raw.get("c"), "bar.c"),
+        v=_decimal(raw.get("v"), "bar.v"),
+    )
