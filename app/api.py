@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from app.auth.router import router as auth_router
+from app.billing.router import router as billing_router
+from app.brokers.router import router as brokers_router
 from app.core.ratelimit import default_rate_limit
+from app.market.router import router as market_router
 
 # RATE_LIMIT_DEFAULT applies per client IP to every /v1 route (contract §3).
 api_router = APIRouter(prefix="/v1", dependencies=[Depends(default_rate_limit)])
+api_router.include_router(auth_router)
+api_router.include_router(billing_router)
+api_router.include_router(brokers_router)
+api_router.include_router(market_router)

@@ -17,11 +17,17 @@ from app import __version__
 from app.api import api_router
 from app.core.config import Settings, load_settings_or_exit
 from app.core.db import create_engine, create_sessionmaker
+from app.core.crypto import TokenCipher
 from app.core.errors import install_error_handlers
+from app.core.http import Outbound
 from app.core.middleware import BodyLimitMiddleware, CORSMiddleware, RequestContextMiddleware
 from app.core.observability import configure_logging
 from app.core.ratelimit import RateLimiter
+from app.core.redisconn import close_redis, connect_redis
+from app.core.security import PasswordHashing
 from app.ops.router import router as ops_router
+from app.providers.market_data import build_market_data
+from app.providers.oauth import build_broker_oauth
 
 log = logging.getLogger("tradedesk.app")
 
@@ -43,6 +49,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessionmaker = create_sessionmaker(engine)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         app.state.limiter = RateLimiter(redis_url)
+        # Outbound clients (one per provider, breaker state in Redis when set) and market data; tests may
+        # set app.state.http_transports = {provider: httpx transport} before startup (app/core/http.py).
+        app.state.redis = connect_redis(redis_url)
+        app.state.outbound = Outbound(settings, redis=app.state.redis,
+                                      transports=getattr(app.state, "http_transports", None))
+        app.state.market_data = build_market_data(settings, app.state.outbound, app.state.redis)
+        app.state.passwords = PasswordHashing()  # Argon2id in its own thread pool (app/core/security.py)
+        app.state.token_cipher = TokenCipher(settings.token_encryption_keys)
+        app.state.broker_oauth = build_broker_oauth(settings, app.state.outbound)
         if redis_url is None and settings.web_concurrency > 1:
             log.warning(
                 "REDIS_URL is unset with WEB_CONCURRENCY > 1: rate limits, breaker state and cache are "
@@ -55,6 +70,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.limiter.close()
+            await app.state.market_data.aclose()
+            await app.state.outbound.aclose()
+            await close_redis(app.state.redis)
+            app.state.passwords.close()
             await engine.dispose()
             log.info("shutdown")
 

@@ -32,8 +32,11 @@ def _test_redis_url() -> str | None:
     if not base:
         return None
     parts = urlsplit(base)
-    # A dedicated logical database, flushed between tests, so a developer's data is never touched.
-    return urlunsplit((parts.scheme, parts.netloc, "/15", "", ""))
+    # A dedicated logical database, flushed between tests, so a developer's data is never touched;
+    # one per xdist worker (gw0 -> 15, gw1 -> 14, ...) so parallel workers never flush each other.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = 15 - int(worker[2:]) if worker[2:].isdigit() else 15
+    return urlunsplit((parts.scheme, parts.netloc, f"/{max(index, 1)}", "", ""))
 
 
 @pytest.fixture(scope="session")

@@ -83,8 +83,13 @@ def _late_headers(scope: Scope) -> dict[bytes, bytes]:
 
 
 def route_template(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    # FastAPI >= 0.16x includes routers lazily: scope["route"] is the route as declared in its own
+    # router ("/auth/login"); the prefixed template ("/v1/auth/login") is on the effective context.
+    context = (scope.get("fastapi") or {}).get("effective_route_context")
+    path = getattr(context, "path_format", None)
+    if not path:
+        route = scope.get("route")
+        path = getattr(route, "path_format", None) or getattr(route, "path", None)
     return path if path else "<unmatched>"
 
 

@@ -56,6 +56,42 @@ RATE_LIMIT_ERRORS = Counter(
 )
 BODY_TOO_LARGE = Counter("http_request_body_too_large_total", "Requests refused with 413.")
 UNHANDLED_ERRORS = Counter("http_unhandled_exceptions_total", "Unexpected exceptions answered with 500.")
+WEBHOOK_EVENTS = Counter(
+    "webhook_events_total", "Stripe webhook deliveries by event type and outcome "
+    "(processed, ignored, duplicate, bad_signature, failed, disabled).", ["type", "outcome"],
+)
+PASSWORD_HASH_DURATION = Histogram(
+    "password_hash_duration_seconds",
+    "Argon2id work per operation (hash, verify), measured in the hashing thread; login capacity is bound by it.",
+    ["operation"],
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1),
+)
+
+# Outbound calls (app/core/http.py, app/core/breaker.py) and the market-data cache.
+EXTERNAL_API_REQUESTS = Counter(
+    "external_api_requests_total",
+    "Outbound calls by provider and outcome (success, client_error, rate_limited, server_error, timeout, "
+    "connection_error, invalid_response, circuit_open); one per call, retries included in the call.",
+    ["provider", "outcome"],
+)
+EXTERNAL_API_LATENCY = Histogram(
+    "external_api_latency_seconds", "Wall time of an outbound call (all attempts and back-off), by provider.",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EXTERNAL_API_RETRIES = Counter("external_api_retries_total", "Outbound attempts that were retries.", ["provider"])
+CIRCUIT_BREAKER_STATE = Gauge(
+    "circuit_breaker_state", "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.", ["provider"],
+    multiprocess_mode="mostrecent",
+)
+SHARED_STATE_FALLBACKS = Counter(
+    "shared_state_fallbacks_total",
+    "Redis operations that failed and fell back to in-process state (breaker, cache).", ["component"],
+)
+MARKET_DATA_CACHE = Counter(
+    "market_data_cache_total", "Market-data cache answers by kind (quote, bars) and result (HIT, MISS, STALE, ERROR).",
+    ["kind", "result"],
+)
 
 
 def metrics_payload() -> tuple[bytes, str]:

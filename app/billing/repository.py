@@ -1,0 +1,98 @@
+"""All billing SQL. Every write is idempotent on its natural key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import Select, and_, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.billing.models import BillingAccount, Payment
+
+
+# The hot path of every delivery, as plain statements: compiled once, no per-call construct building.
+_CLAIM_EVENT = text(
+    "INSERT INTO stripe_events (id, type, stripe_created_at) VALUES (:id, :type, :created) "
+    "ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+_ADD_PAYMENT = text(
+    "INSERT INTO payments (invoice_id, stripe_customer_id, amount_minor, currency, paid_at, event_id) "
+    "VALUES (:invoice_id, :customer, :amount, :currency, :paid_at, :event_id) "
+    "ON CONFLICT (invoice_id) DO NOTHING RETURNING id"
+)
+
+
+class BillingRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def claim_event(self, *, event_id: str, type_: str, created: dt.datetime) -> bool:
+        """Record the event id; False if it was already recorded (or is being recorded concurrently:
+        the INSERT waits for the other transaction and then sees its row)."""
+        result = await self.session.execute(_CLAIM_EVENT, {"id": event_id, "type": type_, "created": created})
+        return result.scalar_one_or_none() is not None
+
+    async def ensure_account(self, customer_id: str) -> None:
+        stmt = insert(BillingAccount).values(stripe_customer_id=customer_id).on_conflict_do_nothing()
+        await self.session.execute(stmt)
+
+    async def link_user(self, *, customer_id: str, user_id: uuid.UUID) -> None:
+        # A user has one current customer: detach any other first (unique user_id).
+        await self.session.execute(
+            update(BillingAccount)
+            .where(BillingAccount.user_id == user_id, BillingAccount.stripe_customer_id != customer_id)
+            .values(user_id=None)
+        )
+        await self.ensure_account(customer_id)
+        await self.session.execute(
+            update(BillingAccount).where(BillingAccount.stripe_customer_id == customer_id).values(user_id=user_id)
+        )
+
+    async def set_status_if_newer(self, *, customer_id: str, status: str, event_at: dt.datetime,
+                                  current_period_end: dt.datetime | None) -> bool:
+        """Apply a status only if no newer event already set one (out-of-order delivery)."""
+        await self.ensure_account(customer_id)
+        values: dict[str, object] = {"status": status, "status_event_at": event_at, "updated_at": dt.datetime.now(dt.UTC)}
+        if current_period_end is not None:
+            values["current_period_end"] = current_period_end
+        result = await self.session.execute(
+            update(BillingAccount)
+            .where(
+                BillingAccount.stripe_customer_id == customer_id,
+                or_(BillingAccount.status_event_at.is_(None), BillingAccount.status_event_at <= event_at),
+            )
+            .values(**values)
+            .returning(BillingAccount.stripe_customer_id)
+        )
+        return result.scalar_one_or_none() is not None
+
+    async def add_payment(self, *, invoice_id: str, customer_id: str, amount_minor: int, currency: str,
+                          paid_at: dt.datetime, event_id: str) -> bool:
+        result = await self.session.execute(_ADD_PAYMENT, {
+            "invoice_id": invoice_id, "customer": customer_id, "amount": amount_minor, "currency": currency,
+            "paid_at": paid_at, "event_id": event_id})
+        return result.scalar_one_or_none() is not None
+
+    async def account_for_user(self, user_id: uuid.UUID) -> BillingAccount | None:
+        return (
+            await self.session.execute(select(BillingAccount).where(BillingAccount.user_id == user_id))
+        ).scalar_one_or_none()
+
+    def _payments_for_user(self, user_id: uuid.UUID) -> Select[tuple[Payment]]:
+        return (
+            select(Payment)
+            .join(BillingAccount, BillingAccount.stripe_customer_id == Payment.stripe_customer_id)
+            .where(BillingAccount.user_id == user_id)
+        )
+
+    async def payments_page(self, *, user_id: uuid.UUID, limit: int,
+                            after: tuple[dt.datetime, uuid.UUID] | None) -> list[Payment]:
+        """Newest first, keyset-paginated on (paid_at, id)."""
+        stmt = self._payments_for_user(user_id)
+        if after is not None:
+            paid_at, pid = after
+            stmt = stmt.where(or_(Payment.paid_at < paid_at, and_(Payment.paid_at == paid_at, Payment.id < pid)))
+        stmt = stmt.order_by(Payment.paid_at.desc(), Payment.id.desc()).limit(limit)
+        return list((await self.session.execute(stmt)).scalars())

@@ -1,0 +1,163 @@
+"""Billing rules: Stripe events take effect exactly once, in the transaction that records them."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.models import User
+from app.billing.repository import BillingRepository
+from app.billing.schemas import PaymentOut, PaymentsPage, SubscriptionOut
+from app.core.db import after_commit
+from app.core.errors import BadRequest
+from app.core.observability import WEBHOOK_EVENTS
+from app.providers.stripe import StripeEvent
+
+log = logging.getLogger("tradedesk.billing")
+
+# Stripe amounts are in the currency's smallest unit; these have no minor unit, these have three.
+ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
+THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+SUBSCRIPTION_STATUSES = frozenset(
+    "active past_due canceled trialing unpaid incomplete incomplete_expired paused".split()
+)
+
+
+def format_amount(amount_minor: int, currency: str) -> str:
+    """1999 usd -> "19.99"; 500 jpy -> "500"; 1234 kwd -> "1.234"."""
+    currency = currency.lower()
+    exponent = 0 if currency in ZERO_DECIMAL else 3 if currency in THREE_DECIMAL else 2
+    return str(Decimal(amount_minor).scaleb(-exponent)) if exponent else str(amount_minor)
+
+
+def _ts(value: Any) -> dt.datetime | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return dt.datetime.fromtimestamp(value, dt.UTC)
+    return None
+
+
+def _customer_id(obj: dict[str, Any]) -> str | None:
+    customer = obj.get("customer")
+    if isinstance(customer, dict):
+        customer = customer.get("id")
+    return customer if isinstance(customer, str) and 0 < len(customer) <= 255 else None
+
+
+def _period_end(obj: dict[str, Any]) -> dt.datetime | None:
+    # Older API versions carry it on the subscription, newer ones on each item.
+    end = _ts(obj.get("current_period_end"))
+    if end is None:
+        items = (obj.get("items") or {}).get("data") or []
+        ends = [_ts(item.get("current_period_end")) for item in items if isinstance(item, dict)]
+        end = max((e for e in ends if e is not None), default=None)
+    return end
+
+
+async def handle_event(*, session: AsyncSession, event: StripeEvent) -> str:
+    """Record the event id and apply its effect in the caller's transaction. Returns the outcome:
+    ``processed``, ``ignored`` (recorded, nothing to do) or ``duplicate`` (seen before: no change)."""
+    repo = BillingRepository(session)
+    created = _ts(event.created) or dt.datetime.now(dt.UTC)
+    if not await repo.claim_event(event_id=event.id, type_=event.type, created=created):
+        outcome = "duplicate"
+    else:
+        applied = await _apply(repo, session, event, created)
+        outcome = "processed" if applied else "ignored"
+    await session.flush()
+
+    def report() -> None:
+        WEBHOOK_EVENTS.labels(event.type, outcome).inc()
+        log.info("stripe event", extra={"event_id": event.id, "event_type": event.type, "outcome": outcome})
+
+    after_commit(session, report)
+    return outcome
+
+
+async def _apply(repo: BillingRepository, session: AsyncSession, event: StripeEvent, created: dt.datetime) -> bool:
+    obj = event.data_object
+    if event.type == "checkout.session.completed":
+        customer = _customer_id(obj)
+        try:
+            user_id = uuid.UUID(str(obj.get("client_reference_id")))
+        except ValueError:
+            user_id = None
+        if customer is None or user_id is None:
+            log.warning("checkout without customer or client_reference_id", extra={"event_id": event.id})
+            return False
+        if (await session.execute(select(User.id).where(User.id == user_id))).scalar_one_or_none() is None:
+            log.warning("checkout for an unknown user", extra={"event_id": event.id})
+            return False
+        await repo.link_user(customer_id=customer, user_id=user_id)
+        await repo.set_status_if_newer(customer_id=customer, status="active", event_at=created, current_period_end=None)
+        return True
+
+    if event.type == "invoice.paid":
+        customer, invoice_id = _customer_id(obj), obj.get("id")
+        amount, currency = obj.get("amount_paid"), obj.get("currency")
+        if (customer is None or not isinstance(invoice_id, str) or not invoice_id
+                or not isinstance(amount, int) or isinstance(amount, bool) or amount < 0
+                or not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha()):
+            log.warning("invoice.paid with missing or malformed fields", extra={"event_id": event.id})
+            return False
+        paid_at = _ts((obj.get("status_transitions") or {}).get("paid_at")) or created
+        return await repo.add_payment(invoice_id=invoice_id[:255], customer_id=customer, amount_minor=amount,
+                                      currency=currency.lower(), paid_at=paid_at, event_id=event.id)
+
+    if event.type in ("customer.subscription.updated", "customer.subscription.deleted"):
+        customer, status = _customer_id(obj), obj.get("status")
+        if event.type == "customer.subscription.deleted" and status not in SUBSCRIPTION_STATUSES:
+            status = "canceled"
+        if customer is None or status not in SUBSCRIPTION_STATUSES:
+            log.warning("subscription event with missing or unknown status", extra={"event_id": event.id})
+            return False
+        applied = await repo.set_status_if_newer(customer_id=customer, status=status, event_at=created,
+                                                 current_period_end=_period_end(obj))
+        if not applied:
+            log.info("older subscription event ignored", extra={"event_id": event.id})
+        return applied
+    return False
+
+
+async def subscription_status(*, session: AsyncSession, user_id: uuid.UUID) -> str:
+    """The user's subscription status (``none`` before any checkout)."""
+    account = await BillingRepository(session).account_for_user(user_id)
+    return account.status if account else "none"
+
+
+async def get_subscription(*, session: AsyncSession, user_id: uuid.UUID) -> SubscriptionOut:
+    """The user's subscription state."""
+    account = await BillingRepository(session).account_for_user(user_id)
+    if account is None:
+        return SubscriptionOut(status="none", current_period_end=None)
+    return SubscriptionOut(status=account.status, current_period_end=account.current_period_end)
+
+
+def _encode_cursor(paid_at: dt.datetime, pid: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{paid_at.isoformat()}|{pid}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, pid = raw.split("|", 1)
+        return dt.datetime.fromisoformat(stamp), uuid.UUID(pid)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The cursor is invalid; pass the next_cursor of a previous page.",
+                         errors=[{"field": "query.cursor", "message": "invalid cursor"}]) from None
+
+
+async def list_payments(*, session: AsyncSession, user_id: uuid.UUID, limit: int, cursor: str | None) -> PaymentsPage:
+    """The user's payments, newest first."""
+    after = _decode_cursor(cursor) if cursor else None
+    rows = await BillingRepository(session).payments_page(user_id=user_id, limit=limit + 1, after=after)
+    page, more = rows[:limit], len(rows) > limit
+    items = [PaymentOut(invoice_id=p.invoice_id, amount=format_amount(p.amount_minor, p.currency),
+                        currency=p.currency, paid_at=p.paid_at) for p in page]
+    return PaymentsPage(items=items, next_cursor=_encode_cursor(page[-1].paid_at, page[-1].id) if more else None)

@@ -1,0 +1,71 @@
+"""All broker-link SQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.brokers.models import BrokerConnection, OAuthState
+
+
+class BrokerRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add_state(self, *, state_hash: str, user_id: uuid.UUID, provider: str, ttl: dt.timedelta) -> None:
+        self.session.add(OAuthState(state_hash=state_hash, user_id=user_id, provider=provider,
+                                    expires_at=dt.datetime.now(dt.UTC) + ttl))
+        await self.session.flush()
+
+    async def consume_state(self, *, state_hash: str, provider: str, user_id: uuid.UUID | None) -> uuid.UUID | None:
+        """Mark the state used, atomically; its user, or None if unknown, expired, used or someone else's."""
+        stmt = (
+            update(OAuthState)
+            .where(
+                OAuthState.state_hash == state_hash,
+                OAuthState.provider == provider,
+                OAuthState.used_at.is_(None),
+                OAuthState.expires_at > func.now(),
+            )
+            .values(used_at=func.now())
+            .returning(OAuthState.user_id)
+        )
+        if user_id is not None:
+            stmt = stmt.where(OAuthState.user_id == user_id)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def purge_states(self, *, older_than: dt.datetime) -> int:
+        result = await self.session.execute(delete(OAuthState).where(OAuthState.expires_at < older_than))
+        return result.rowcount or 0
+
+    async def upsert_connection(self, *, user_id: uuid.UUID, provider: str, token_encrypted: str,
+                                scope: str | None) -> None:
+        stmt = insert(BrokerConnection).values(user_id=user_id, provider=provider,
+                                               access_token_encrypted=token_encrypted, scope=scope)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[BrokerConnection.user_id],
+            set_={"provider": provider, "access_token_encrypted": token_encrypted, "scope": scope,
+                  "connected_at": func.now(), "updated_at": func.now()},
+        )
+        await self.session.execute(stmt)
+
+    async def get_connection(self, user_id: uuid.UUID) -> BrokerConnection | None:
+        return await self.session.get(BrokerConnection, user_id)
+
+    async def delete_connection(self, user_id: uuid.UUID) -> bool:
+        result = await self.session.execute(delete(BrokerConnection).where(BrokerConnection.user_id == user_id))
+        return bool(result.rowcount)
+
+    async def connection_ids_after(self, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
+        stmt = select(BrokerConnection.user_id).order_by(BrokerConnection.user_id).limit(limit)
+        if after is not None:
+            stmt = stmt.where(BrokerConnection.user_id > after)
+        return list((await self.session.execute(stmt)).scalars())
+
+    async def lock_connection(self, user_id: uuid.UUID) -> BrokerConnection | None:
+        stmt = select(BrokerConnection).where(BrokerConnection.user_id == user_id).with_for_update(skip_locked=True)
+        return (await self.session.execute(stmt)).scalar_one_or_none()

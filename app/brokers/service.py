@@ -1,0 +1,103 @@
+"""Broker linking over OAuth, in atomic phases.
+
+1. ``start_link``: a random ``state`` (32 bytes) is stored hashed, bound to the user, valid 10 min.
+2. ``complete_link``:
+   a. the state is consumed with one ``UPDATE … WHERE used_at IS NULL AND expires_at > now()
+      RETURNING user_id`` in its own committed transaction — a replayed or parallel callback finds
+      it used and gets 400;
+   b. the code is exchanged over HTTP **outside** any transaction (no pooled connection is held
+      while the provider thinks);
+   c. the encrypted token and the link row are written in one transaction.
+   Any failure after (a) leaves nothing stored; the user simply starts again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import secrets
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.brokers.repository import BrokerRepository
+from app.brokers.schemas import ConnectionOut
+from app.core.crypto import TokenCipher
+from app.core.errors import BadRequest
+from app.core.http import UpstreamError
+from app.providers.oauth import AlpacaOAuth, OAuthExchangeError
+
+log = logging.getLogger("tradedesk.brokers")
+
+PROVIDER = "alpaca"
+STATE_TTL = dt.timedelta(minutes=10)
+
+
+def _hash_state(state: str) -> str:
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+async def start_link(*, session: AsyncSession, oauth: AlpacaOAuth, user_id: uuid.UUID) -> str:
+    """Create a single-use state for the user and return the provider's authorize URL."""
+    state = secrets.token_urlsafe(32)
+    await BrokerRepository(session).add_state(state_hash=_hash_state(state), user_id=user_id, provider=PROVIDER,
+                                              ttl=STATE_TTL)
+    return oauth.authorize_url(state)
+
+
+async def _consume(sessionmaker: async_sessionmaker[AsyncSession], state: str, caller_id: uuid.UUID | None) -> uuid.UUID:
+    async with sessionmaker() as session, session.begin():
+        user_id = await BrokerRepository(session).consume_state(
+            state_hash=_hash_state(state), provider=PROVIDER, user_id=caller_id)
+    if user_id is None:
+        log.warning("oauth callback with an unknown, expired, used or foreign state")
+        raise BadRequest("The OAuth state is unknown, expired, already used or issued to another user; "
+                         "start the link again.", errors=[{"field": "query.state", "message": "invalid state"}])
+    return user_id
+
+
+async def reject_link(*, sessionmaker: async_sessionmaker[AsyncSession], state: str, caller_id: uuid.UUID | None) -> None:
+    """The user declined at the provider: consume the state, store nothing."""
+    user_id = await _consume(sessionmaker, state, caller_id)
+    log.info("broker link declined at the provider", extra={"user_id": str(user_id)})
+
+
+async def complete_link(*, sessionmaker: async_sessionmaker[AsyncSession], oauth: AlpacaOAuth,
+                        cipher: TokenCipher, code: str, state: str, caller_id: uuid.UUID | None) -> bool:
+    """Consume the state, exchange the code, store the encrypted token. Raises BadRequest for an
+    unusable state; returns False (nothing stored) when the provider or the store fails."""
+    user_id = await _consume(sessionmaker, state, caller_id)
+    try:
+        token = await oauth.exchange(code)
+    except (UpstreamError, OAuthExchangeError) as exc:
+        log.warning("oauth code exchange failed", extra={"user_id": str(user_id), "error": type(exc).__name__})
+        return False
+    try:
+        async with sessionmaker() as session, session.begin():
+            await BrokerRepository(session).upsert_connection(
+                user_id=user_id, provider=PROVIDER, token_encrypted=cipher.encrypt(token.access_token),
+                scope=token.scope)
+    except Exception:
+        log.error("storing the broker link failed; nothing stored", extra={"user_id": str(user_id)}, exc_info=True)
+        return False
+    log.info("broker linked", extra={"user_id": str(user_id), "provider": PROVIDER})
+    return True
+
+
+async def get_connection(*, session: AsyncSession, user_id: uuid.UUID) -> ConnectionOut:
+    """The user's link status."""
+    row = await BrokerRepository(session).get_connection(user_id)
+    return ConnectionOut(provider=PROVIDER, connected=row is not None, connected_at=row.connected_at if row else None)
+
+
+async def delete_connection(*, session: AsyncSession, user_id: uuid.UUID) -> None:
+    """Forget the link and its token (idempotent)."""
+    if await BrokerRepository(session).delete_connection(user_id):
+        log.info("broker unlinked", extra={"user_id": str(user_id), "provider": PROVIDER})
+
+
+async def access_token(*, session: AsyncSession, cipher: TokenCipher, user_id: uuid.UUID) -> str | None:
+    """The user's decrypted broker access token, for the live broker provider; None if not linked."""
+    row = await BrokerRepository(session).get_connection(user_id)
+    return cipher.decrypt(row.access_token_encrypted) if row else None
