@@ -17,7 +17,7 @@ from app.core.security import get_current_user
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:  # async: a sync dependency costs a thread-pool hop
     return request.app.state.settings
 
 

@@ -53,10 +53,60 @@ class Decision:
         }
 
 
+# limits' sliding-window counter answers "allowed?" and "what is left?" with two Redis scripts, i.e.
+# two round trips per request. This script is limits' own acquire_sliding_window.lua, on the same
+# keys and with the same arithmetic, that also returns the window it saw — one round trip. A test
+# checks that limits' get_window_stats reads the same window afterwards.
+_ACQUIRE_AND_REPORT = """
+local limit = tonumber(ARGV[1])
+local expiry = tonumber(ARGV[2]) * 1000
+local amount = tonumber(ARGV[3])
+local current_ttl = tonumber(redis.call('pttl', KEYS[2]))
+if current_ttl > 0 and current_ttl < expiry then
+    redis.call('rename', KEYS[2], KEYS[1])
+    redis.call('set', KEYS[2], 0, 'PX', current_ttl + expiry)
+end
+local previous_count = tonumber(redis.call('get', KEYS[1])) or 0
+local previous_ttl = tonumber(redis.call('pttl', KEYS[1])) or 0
+local current_count = tonumber(redis.call('get', KEYS[2])) or 0
+current_ttl = tonumber(redis.call('pttl', KEYS[2])) or 0
+if previous_ttl <= 0 then previous_ttl = 0 end
+if current_ttl <= 0 then current_ttl = 0 end
+local weighted = math.floor(previous_count * previous_ttl / expiry) + current_count
+local acquired = 0
+if amount <= limit and (weighted + amount) <= limit then
+    if redis.call('exists', KEYS[2]) == 1 then
+        current_count = redis.call('incrby', KEYS[2], amount)
+    else
+        redis.call('set', KEYS[2], amount, 'PX', expiry * 2)
+        current_count = amount
+        current_ttl = expiry * 2
+    end
+    acquired = 1
+end
+return {acquired, previous_count, previous_ttl, current_count, current_ttl}
+"""
+
+
+def window_decision(item: RateLimitItem, allowed: bool, previous_count: int, previous_ttl: float,
+                    current_count: int, current_ttl: float) -> Decision:
+    """limits' SlidingWindowCounterRateLimiter.get_window_stats arithmetic (TTLs in seconds)."""
+    expiry = item.get_expiry()
+    weighted = previous_count * previous_ttl / expiry + current_count
+    remaining = max(0, item.amount - math.floor(weighted))
+    now = time.time()
+    if not (previous_count or current_count):
+        return Decision(allowed, item.amount, remaining, now)
+    previous_reset_in = previous_ttl % (expiry / previous_count) if previous_count else math.inf
+    current_reset_in = current_ttl % expiry if current_count else math.inf
+    return Decision(allowed, item.amount, remaining, now + min(previous_reset_in, current_reset_in))
+
+
 class RateLimiter:
     """Owns the storage; one per process, built in the lifespan."""
 
     def __init__(self, redis_url: str | None, *, key_prefix: str = "tradedesk-rl") -> None:
+        self._script: Any = None
         if redis_url:
             uri = "async+" + redis_url  # async+redis:// or async+rediss://
             self.storage = storage_from_string(
@@ -64,15 +114,28 @@ class RateLimiter:
                 socket_timeout=0.5, socket_connect_timeout=0.5,
             )
             self.backend = "redis"
+            self._script = self.storage.bridge.storage.register_script(_ACQUIRE_AND_REPORT)  # type: ignore[attr-defined]
         else:
             self.storage = storage_from_string("async+memory://")
             self.backend = "memory"
         self.strategy = SlidingWindowCounterRateLimiter(self.storage)  # type: ignore[arg-type]
         self._last_error_log = 0.0
 
+    async def _hit_redis(self, item: RateLimitItem, name: str, *identifiers: str) -> Decision:
+        key = item.key_for(name, *identifiers)
+        storage: Any = self.storage
+        current = storage.bridge.prefixed_key(storage._current_window_key(key))
+        previous = storage.bridge.prefixed_key(storage._previous_window_key(key))
+        acquired, prev_count, prev_ttl, cur_count, cur_ttl = await self._script(
+            keys=[previous, current], args=[item.amount, item.get_expiry(), 1])
+        return window_decision(item, bool(acquired), int(prev_count), max(0.0, float(prev_ttl)) / 1000,
+                               int(cur_count), max(0.0, float(cur_ttl)) / 1000)
+
     async def hit(self, item: RateLimitItem, name: str, *identifiers: str) -> Decision:
         """Consume one unit of ``item`` for the identifiers; never raises on storage failure."""
         try:
+            if self._script is not None:
+                return await self._hit_redis(item, name, *identifiers)
             allowed = await self.strategy.hit(item, name, *identifiers)
             reset_at, remaining = await self.strategy.get_window_stats(item, name, *identifiers)
         except Exception as exc:  # storage down: fail open, loudly

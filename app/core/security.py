@@ -168,7 +168,7 @@ def _timed(operation: str, fn: Any, *args: Any) -> Any:
         PASSWORD_HASH_DURATION.labels(operation).observe(time.perf_counter() - start)
 
 
-def get_password_hashing(request: Request) -> PasswordHashing:
+async def get_password_hashing(request: Request) -> PasswordHashing:  # async: no thread-pool hop
     return request.app.state.passwords
 
 

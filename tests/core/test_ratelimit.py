@@ -76,3 +76,27 @@ async def test_redis_down_fails_open_with_metric_not_500(make_client) -> None:
     assert statuses == [200, 200, 200]
     metrics = (await client.get("/metrics")).text
     assert 'rate_limit_storage_errors_total{limit="default"}' in metrics
+
+
+@pytest.mark.redis
+async def test_single_round_trip_redis_limiter_agrees_with_limits(require_redis: str) -> None:
+    """Our one-script hit must leave exactly the window that limits' own strategy reads."""
+    from limits import parse
+
+    from app.core.ratelimit import RateLimiter
+
+    limiter = RateLimiter(require_redis)
+    item = parse("5/minute")
+    try:
+        decisions = [await limiter.hit(item, "agree", "1.2.3.4") for _ in range(7)]
+        assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
+        assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0, 0, 0]
+        reset_at, remaining = await limiter.strategy.get_window_stats(item, "agree", "1.2.3.4")
+        assert remaining == 0
+        assert abs(reset_at - decisions[-1].reset_at) < 1.0
+        assert await limiter.strategy.test(item, "agree", "1.2.3.4") is False
+        other = await limiter.hit(item, "agree", "5.6.7.8")
+        assert other.allowed and other.remaining == 4
+    finally:
+        await limiter.storage.reset()
+        await limiter.close()
