@@ -22,9 +22,26 @@ from app.core.db import create_engine, create_sessionmaker
 BATCH = 200
 
 
+PASSES = 5
+
+
 async def rotate_token_keys(settings: Settings) -> dict[str, int]:
-    """Re-encrypt each token with the first key, one short transaction per batch; rows locked by a
-    concurrent writer are skipped and picked up by the next run. Tokens no key opens are counted."""
+    """Re-encrypt every token with the first key, one short transaction per batch. Rows locked by a
+    concurrent writer are skipped and retried in a further pass (up to PASSES); what is still
+    skipped, or opens with no key, makes the command exit 1 — the old key must then stay."""
+    counts = {"rotated": 0, "skipped_locked": 0, "unreadable": 0}
+    for _ in range(PASSES):
+        result = await _rotation_pass(settings)
+        counts["rotated"] = result["rotated"]  # each pass re-encrypts every row it can lock
+        counts["unreadable"] = result["unreadable"]
+        counts["skipped_locked"] = result["skipped_locked"]
+        if not result["skipped_locked"]:
+            break
+        await asyncio.sleep(1)
+    return counts
+
+
+async def _rotation_pass(settings: Settings) -> dict[str, int]:
     cipher = TokenCipher(settings.token_encryption_keys)
     engine = create_engine(settings, pool_size=1, max_overflow=0)
     sessionmaker = create_sessionmaker(engine)
@@ -75,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings_or_exit()
     result = asyncio.run(COMMANDS[args.command](settings))
     print(json.dumps({"command": args.command, **result}))
-    return 1 if result.get("unreadable") else 0
+    return 1 if result.get("unreadable") or result.get("skipped_locked") else 0
 
 
 if __name__ == "__main__":

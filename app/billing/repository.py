@@ -23,7 +23,6 @@ _ADD_PAYMENT = text(
     "ON CONFLICT (invoice_id) DO NOTHING RETURNING id"
 )
 
-
 class BillingRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -51,22 +50,31 @@ class BillingRepository:
         )
 
     async def set_status_if_newer(self, *, customer_id: str, status: str, event_at: dt.datetime,
-                                  current_period_end: dt.datetime | None) -> bool:
-        """Apply a status only if no newer event already set one (out-of-order delivery)."""
+                                  current_period_end: dt.datetime | None) -> str:
+        """Apply a status unless a newer event already set one (out-of-order delivery).
+
+        Returns ``applied``, ``tie`` (applied, but the stored status came from an event created in the
+        same second, which Stripe's timestamps cannot order) or ``older`` (not applied). The account
+        row is locked, so concurrent deliveries for one customer are serialised.
+        """
         await self.ensure_account(customer_id)
-        values: dict[str, object] = {"status": status, "status_event_at": event_at, "updated_at": dt.datetime.now(dt.UTC)}
+        stored = (
+            await self.session.execute(
+                select(BillingAccount.status_event_at)
+                .where(BillingAccount.stripe_customer_id == customer_id)
+                .with_for_update()
+            )
+        ).scalar_one()
+        if stored is not None and stored > event_at:
+            return "older"
+        values: dict[str, object] = {"status": status, "status_event_at": event_at,
+                                     "updated_at": dt.datetime.now(dt.UTC)}
         if current_period_end is not None:
             values["current_period_end"] = current_period_end
-        result = await self.session.execute(
-            update(BillingAccount)
-            .where(
-                BillingAccount.stripe_customer_id == customer_id,
-                or_(BillingAccount.status_event_at.is_(None), BillingAccount.status_event_at <= event_at),
-            )
-            .values(**values)
-            .returning(BillingAccount.stripe_customer_id)
+        await self.session.execute(
+            update(BillingAccount).where(BillingAccount.stripe_customer_id == customer_id).values(**values)
         )
-        return result.scalar_one_or_none() is not None
+        return "tie" if stored == event_at else "applied"
 
     async def add_payment(self, *, invoice_id: str, customer_id: str, amount_minor: int, currency: str,
                           paid_at: dt.datetime, event_id: str) -> bool:

@@ -41,13 +41,7 @@ async def stripe_webhook(
         WEBHOOK_EVENTS.labels("unknown", "bad_signature").inc()
         log.warning("stripe webhook refused", extra={"reason": str(exc)})
         raise BadRequest(f"Stripe signature verification failed: {exc}.") from None
-    try:
-        outcome = await service.handle_event(session=session, event=event)
-    except Exception:
-        WEBHOOK_EVENTS.labels(event.type, "failed").inc()
-        log.error("stripe event failed; not recorded, Stripe will retry",
-                  extra={"event_id": event.id, "event_type": event.type}, exc_info=True)
-        raise
+    outcome = await service.handle_event(session=session, event=event)  # failures: counted on rollback
     return WebhookAck(received=True, duplicate=outcome == "duplicate")
 
 

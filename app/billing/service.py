@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.models import User
 from app.billing.repository import BillingRepository
 from app.billing.schemas import PaymentOut, PaymentsPage, SubscriptionOut
-from app.core.db import after_commit
+from app.core.db import after_commit, on_rollback
 from app.core.errors import BadRequest
 from app.core.observability import WEBHOOK_EVENTS
 from app.providers.stripe import StripeEvent
@@ -65,6 +65,13 @@ async def handle_event(*, session: AsyncSession, event: StripeEvent) -> str:
     ``processed``, ``ignored`` (recorded, nothing to do) or ``duplicate`` (seen before: no change)."""
     repo = BillingRepository(session)
     created = _ts(event.created) or dt.datetime.now(dt.UTC)
+
+    def failed() -> None:  # anything that rolls the transaction back, the commit included
+        WEBHOOK_EVENTS.labels(event.type, "failed").inc()
+        log.error("stripe event failed; nothing recorded, Stripe will redeliver",
+                  extra={"event_id": event.id, "event_type": event.type})
+
+    on_rollback(session, failed)
     if not await repo.claim_event(event_id=event.id, type_=event.type, created=created):
         outcome = "duplicate"
     else:
@@ -95,7 +102,7 @@ async def _apply(repo: BillingRepository, session: AsyncSession, event: StripeEv
             log.warning("checkout for an unknown user", extra={"event_id": event.id})
             return False
         await repo.link_user(customer_id=customer, user_id=user_id)
-        await repo.set_status_if_newer(customer_id=customer, status="active", event_at=created, current_period_end=None)
+        await _set_status(repo, event, customer, "active", created, None)
         return True
 
     if event.type == "invoice.paid":
@@ -117,12 +124,22 @@ async def _apply(repo: BillingRepository, session: AsyncSession, event: StripeEv
         if customer is None or status not in SUBSCRIPTION_STATUSES:
             log.warning("subscription event with missing or unknown status", extra={"event_id": event.id})
             return False
-        applied = await repo.set_status_if_newer(customer_id=customer, status=status, event_at=created,
-                                                 current_period_end=_period_end(obj))
-        if not applied:
-            log.info("older subscription event ignored", extra={"event_id": event.id})
-        return applied
+        return await _set_status(repo, event, customer, status, created, _period_end(obj))
     return False
+
+
+async def _set_status(repo: BillingRepository, event: StripeEvent, customer: str, status: str,
+                      created: dt.datetime, period_end: dt.datetime | None) -> bool:
+    result = await repo.set_status_if_newer(customer_id=customer, status=status, event_at=created,
+                                            current_period_end=period_end)
+    if result == "older":
+        log.info("older subscription event ignored", extra={"event_id": event.id, "event_type": event.type})
+    elif result == "tie":
+        # Stripe's `created` has one-second resolution: two changes in the same second cannot be ordered
+        # from the payloads. The later delivery wins; say so, so an operator can check it in Stripe.
+        log.warning("two subscription events in the same second; the last delivered status is kept",
+                    extra={"event_id": event.id, "event_type": event.type, "status": status})
+    return result != "older"
 
 
 async def subscription_status(*, session: AsyncSession, user_id: uuid.UUID) -> str:

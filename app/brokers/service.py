@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.brokers.repository import BrokerRepository
 from app.brokers.schemas import ConnectionOut
 from app.core.crypto import TokenCipher
-from app.core.errors import BadRequest
+from app.core.errors import BadRequest, log_exception
 from app.core.http import UpstreamError
 from app.providers.oauth import AlpacaOAuth, OAuthExchangeError
 
@@ -78,8 +78,8 @@ async def complete_link(*, sessionmaker: async_sessionmaker[AsyncSession], oauth
             await BrokerRepository(session).upsert_connection(
                 user_id=user_id, provider=PROVIDER, token_encrypted=cipher.encrypt(token.access_token),
                 scope=token.scope)
-    except Exception:
-        log.error("storing the broker link failed; nothing stored", extra={"user_id": str(user_id)}, exc_info=True)
+    except Exception as exc:
+        log_exception(log, "storing the broker link failed; nothing stored", exc, user_id=str(user_id))
         return False
     log.info("broker linked", extra={"user_id": str(user_id), "provider": PROVIDER})
     return True

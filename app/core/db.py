@@ -41,6 +41,9 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout,
         "pool_pre_ping": True,
+        # Bound values never appear in exception messages, so no password hash, email or token can
+        # reach a log line through a database error.
+        "hide_parameters": True,
         "pool_recycle": 1800,
         "connect_args": {
             "timeout": 5,  # TCP connect + auth, seconds
@@ -79,15 +82,29 @@ def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
     session.sync_session.info.setdefault("after_commit", []).append(callback)
 
 
+def on_rollback(session: AsyncSession, callback: Callable[[], None]) -> None:
+    """Run ``callback`` if the current transaction rolls back instead (an error in the request, or a
+    failed commit): the counterpart of ``after_commit`` for failure metrics and log lines."""
+    session.sync_session.info.setdefault("on_rollback", []).append(callback)
+
+
 @event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
+    session.info.pop("on_rollback", None)
     for callback in session.info.pop("after_commit", []):
         callback()
 
 
 @event.listens_for(Session, "after_rollback")
-def _drop_after_commit(session: Session) -> None:
+def _run_on_rollback(session: Session) -> None:
     session.info.pop("after_commit", None)
+    for callback in session.info.pop("on_rollback", []):
+        callback()
+
+
+def _commit_failed(session: AsyncSession) -> None:
+    # A COMMIT that fails (e.g. a deferred constraint) ends the transaction without a rollback event.
+    _run_on_rollback(session.sync_session)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -100,7 +117,11 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             await session.rollback()
             raise
         else:
-            await session.commit()
+            try:
+                await session.commit()
+            except BaseException:
+                _commit_failed(session)
+                raise
 
 
 async def ping(engine: AsyncEngine, timeout: float) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -206,13 +207,27 @@ async def _pool_timeout_handler(request: Request, exc: sqlalchemy.exc.TimeoutErr
     )
 
 
+def log_exception(logger: logging.Logger, message: str, exc: BaseException, **extra: Any) -> None:
+    """Log an unexpected exception without leaking data: a database error's message carries the
+    offending values (PostgreSQL quotes them), so for those only the type, SQLSTATE and stack are kept."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        orig = exc.orig
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+        logger.error(message, extra={
+            **extra, "exc_type": type(exc).__name__, "db_error": type(orig).__name__, "sqlstate": sqlstate,
+            "stack": "".join(traceback.format_tb(exc.__traceback__)),
+        })
+    else:
+        logger.error(message, exc_info=exc, extra=extra)
+
+
 def unhandled_problem() -> JSONResponse:
     UNHANDLED_ERRORS.inc()
     return problem_response(500, detail="An unexpected error occurred; it has been logged with this request id.")
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled exception", exc_info=exc)
+    log_exception(log, "unhandled exception", exc)
     return unhandled_problem()
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from starlette.middleware.cors import CORSMiddleware as StarletteCORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import BodyTooLarge, problem_body, unhandled_problem
+from app.core.errors import BodyTooLarge, log_exception, problem_body, unhandled_problem
 from app.core.observability import (
     BODY_TOO_LARGE,
     AccessLogWriter,
@@ -157,8 +157,8 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except Exception:
-            log.error("unhandled exception", exc_info=True)
+        except Exception as exc:
+            log_exception(log, "unhandled exception", exc)
             if not started:
                 response = unhandled_problem()
                 await response(scope, receive, send_wrapper)

@@ -194,3 +194,44 @@ async def test_kill_switch_answers_503(make_client, database_url: str) -> None:
     r = await _post(client, sf.invoice_paid("cus_K", "in_k", 1))
     assert r.status_code == 503 and int(r.headers["retry-after"]) > 0
     assert await _fetch(database_url, "SELECT 1 FROM stripe_events") == []
+
+
+async def test_failure_at_commit_records_nothing_and_is_counted(client: httpx.AsyncClient, database_url: str) -> None:
+    # A deferred constraint trigger fails at COMMIT, after the endpoint returned: the session
+    # dependency's commit fails, the answer is 500 and nothing (dedup record included) is kept.
+    conn = await asyncpg.connect(dbsupport.asyncpg_dsn(database_url))
+    await conn.execute("""
+        CREATE FUNCTION injected_commit_failure() RETURNS trigger AS $$
+        BEGIN RAISE EXCEPTION 'injected at commit'; END $$ LANGUAGE plpgsql;
+        CREATE CONSTRAINT TRIGGER injected_commit_failure AFTER INSERT ON payments
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION injected_commit_failure();
+    """)
+    before = _failed_count((await client.get("/metrics")).text)
+    try:
+        evt = sf.invoice_paid("cus_CF", "in_commit_fail", 4200)
+        r = await _post(client, evt)
+        assert r.status_code == 500
+        assert await _fetch(database_url, "SELECT 1 FROM stripe_events") == []
+        assert await _fetch(database_url, "SELECT 1 FROM payments") == []
+    finally:
+        await conn.execute("DROP TRIGGER injected_commit_failure ON payments; DROP FUNCTION injected_commit_failure();")
+        await conn.close()
+    assert _failed_count((await client.get("/metrics")).text) == before + 1
+    assert (await _post(client, evt)).json()["duplicate"] is False
+    assert len(await _fetch(database_url, "SELECT 1 FROM payments")) == 1
+
+
+def _failed_count(metrics: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith('webhook_events_total{outcome="failed",type="invoice.paid"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_same_second_subscription_events_are_flagged(make_client, capfd) -> None:
+    client = await make_client(log_level="INFO")
+    now = int(time.time())
+    await _post(client, sf.subscription("customer.subscription.updated", "cus_T", "active", created=now))
+    await _post(client, sf.subscription("customer.subscription.updated", "cus_T", "past_due", created=now))
+    err = capfd.readouterr().err
+    assert "two subscription events in the same second" in err

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
+from app.brokers import service as brokers_service
 from app.core.crypto import InvalidToken, TokenCipher
 from tests.support import db as dbsupport
 from tests.support.settings import TEST_FERNET_KEY
@@ -209,14 +210,15 @@ async def test_oauth_unconfigured_answers_503(client: httpx.AsyncClient) -> None
 async def test_key_rotation_keeps_old_tokens_readable_and_cli_reencrypts(make_client, database_url: str) -> None:
     old_key = TEST_FERNET_KEY
     client = await _app(make_client, FakeTokenEndpoint())
-    _, auth = await _user(client)
+    user_id, auth = await _user(client)
     await client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": await _state(client, auth)})
     before = (await _rows(database_url, "SELECT access_token_encrypted FROM broker_connections"))[0][0]
 
     new_key = Fernet.generate_key().decode()
     rotated_app = await _app(make_client, FakeTokenEndpoint(), token_encryption_key=f"{new_key},{old_key}")
     assert (await rotated_app.get("/v1/broker/connection", headers=auth)).json()["connected"] is True
-    assert TokenCipher([new_key, old_key]).decrypt(before) == ACCESS_TOKEN
+    # The app's own read path (what the live broker provider uses) still opens the old token.
+    assert await _app_access_token(rotated_app, user_id) == ACCESS_TOKEN
 
     env = {**os.environ, "DATABASE_URL": database_url, "FRONTEND_URL": FRONTEND,
            "JWT_SECRET": "cli-jwt-secret-0123456789-abcdefghijklmnop", "STRIPE_WEBHOOK_SECRET": "whsec_cli_0123456789",
@@ -230,3 +232,13 @@ async def test_key_rotation_keeps_old_tokens_readable_and_cli_reencrypts(make_cl
     assert TokenCipher([new_key]).decrypt(after) == ACCESS_TOKEN
     with pytest.raises(InvalidToken):
         TokenCipher([old_key]).decrypt(after)
+    # Once rotated, the old key can be dropped from the configuration.
+    new_only = await _app(make_client, FakeTokenEndpoint(), token_encryption_key=new_key)
+    assert await _app_access_token(new_only, user_id) == ACCESS_TOKEN
+
+
+async def _app_access_token(client: httpx.AsyncClient, user_id: str) -> str | None:
+    app = client.app  # type: ignore[attr-defined]
+    async with app.state.sessionmaker() as session:
+        return await brokers_service.access_token(session=session, cipher=app.state.token_cipher,
+                                                  user_id=uuid.UUID(user_id))

@@ -107,3 +107,14 @@ async def test_pool_exhaustion_answers_503_fast_never_500(make_client) -> None:
     metrics = (await client.get("/metrics")).text
     line = next(line for line in metrics.splitlines() if line.startswith("db_pool_timeouts_total "))
     assert float(line.split()[1]) >= statuses.count(503)
+
+
+async def test_database_errors_never_log_bound_values(make_client, capfd) -> None:
+    client = await make_client(routers=[support_router], log_level="INFO")
+    secret = "secret-bound-" + "value-4242"
+    r = await client.get("/v1/_test/db-error", params={"value": secret})
+    assert_problem(r, 500)
+    out, err = capfd.readouterr()
+    assert "unhandled exception" in err  # the failure itself is logged, with its request id
+    assert r.headers["x-request-id"] in err
+    assert secret not in err + out + r.text

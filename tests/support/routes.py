@@ -52,3 +52,8 @@ async def write(session: SessionDep) -> dict[str, str]:
         text("INSERT INTO users (email, email_normalized, password_hash) VALUES ('b@x.io','b@x.io','h')")
     )
     return {"status": "written"}
+
+
+@router.get("/db-error")
+async def db_error(session: SessionDep, value: str) -> None:
+    await session.execute(text("SELECT CAST(:v AS integer)"), {"v": value})
