@@ -3,19 +3,46 @@
 A bad configuration exits with status 2 and one message naming every offending variable, before
 any port is bound. Proxy headers are never trusted by uvicorn itself: the app resolves the client
 IP and honours X-Forwarded-For only from TRUSTED_PROXIES.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set, the directory is emptied of a previous run's metric files before any
+worker starts. That must happen before ``prometheus_client`` is imported in this process (with one worker
+this process serves, and its metric files are created at import), so this module imports nothing that
+imports it before ``main`` has run ``prepare_multiprocess_dir``.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import sys
 
 import uvicorn
 
 from app.core.config import load_settings_or_exit
 
 
+def prepare_multiprocess_dir() -> str | None:
+    """Create ``PROMETHEUS_MULTIPROC_DIR`` if needed and delete its ``*.db`` files; None when unset."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+        for name in glob.glob(os.path.join(path, "*.db")):
+            os.remove(name)
+        probe = os.path.join(path, ".writable")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        sys.stderr.write(f"PROMETHEUS_MULTIPROC_DIR={path} is not a writable directory: {exc.strerror}\n")
+        raise SystemExit(2) from None
+    return path
+
+
 def main() -> None:
     settings = load_settings_or_exit()
+    prepare_multiprocess_dir()
     uvicorn.run(
         "app.main:app",
         host=os.environ.get("HOST", "0.0.0.0"),

@@ -16,13 +16,14 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api import api_router
+from app.billing.repository import EventWriter
 from app.core.config import Settings, load_settings_or_exit
-from app.core.db import create_engine, create_sessionmaker
 from app.core.crypto import TokenCipher
+from app.core.db import create_engine, create_sessionmaker
 from app.core.errors import install_error_handlers
 from app.core.http import Outbound
 from app.core.middleware import BodyLimitMiddleware, CORSMiddleware, RequestContextMiddleware
-from app.core.observability import configure_logging
+from app.core.observability import configure_logging, mark_worker_stopped, prune_dead_workers
 from app.core.ratelimit import RateLimiter
 from app.core.redisconn import close_redis, connect_redis
 from app.core.security import PasswordHashing
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        prune_dead_workers()  # several workers (PROMETHEUS_MULTIPROC_DIR): forget crashed workers' gauges
         engine = create_engine(settings)
         app.state.engine = engine
         app.state.sessionmaker = create_sessionmaker(engine)
@@ -58,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.market_data = build_market_data(settings, app.state.outbound, app.state.redis)
         app.state.passwords = PasswordHashing()  # Argon2id in its own thread pool (app/core/security.py)
         app.state.token_cipher = TokenCipher(settings.token_encryption_keys)
+        app.state.billing_writer = EventWriter(engine)
         app.state.broker_oauth = build_broker_oauth(settings, app.state.outbound)
         if redis_url is None and settings.web_concurrency > 1:
             log.warning(
@@ -80,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await close_redis(app.state.redis)
             app.state.passwords.close()
             await engine.dispose()
+            mark_worker_stopped()  # several workers: this worker's live gauges stop counting
             log.info("shutdown")
 
     app = FastAPI(

@@ -65,7 +65,7 @@ def read_env_file() -> dict[str, str]:
     return values
 
 
-async def _reachable(url: str, timeout: float = 3.0) -> bool:
+async def _reachable(url: str, timeout: float = 3.0) -> bool:  # noqa: ASYNC109
     import asyncpg
 
     dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)

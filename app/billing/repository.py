@@ -4,24 +4,62 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 from sqlalchemy import Select, and_, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.billing.models import BillingAccount, Payment
 
-
-# The hot path of every delivery, as plain statements: compiled once, no per-call construct building.
+# Plain statements: compiled once, no per-call construct building on the hot path.
 _CLAIM_EVENT = text(
     "INSERT INTO stripe_events (id, type, stripe_created_at) VALUES (:id, :type, :created) "
     "ON CONFLICT (id) DO NOTHING RETURNING id"
 )
-_ADD_PAYMENT = text(
-    "INSERT INTO payments (invoice_id, stripe_customer_id, amount_minor, currency, paid_at, event_id) "
-    "VALUES (:invoice_id, :customer, :amount, :currency, :paid_at, :event_id) "
-    "ON CONFLICT (invoice_id) DO NOTHING RETURNING id"
+# The dedup record and the payment in ONE statement: a statement is atomic on its own, so the pair
+# commits together or not at all, in a single round trip. A concurrent delivery of the same event
+# waits on the first one's stripe_events row and then claims nothing (and so pays nothing).
+_CLAIM_AND_PAY = text(
+    "WITH claimed AS ("
+    " INSERT INTO stripe_events (id, type, stripe_created_at) VALUES (:id, :type, :created)"
+    " ON CONFLICT (id) DO NOTHING RETURNING id"
+    "), paid AS ("
+    " INSERT INTO payments (invoice_id, stripe_customer_id, amount_minor, currency, paid_at, event_id)"
+    " SELECT :invoice_id, :customer, :amount, :currency, :paid_at, id FROM claimed"
+    " ON CONFLICT (invoice_id) DO NOTHING RETURNING id"
+    ") SELECT (SELECT count(*) FROM claimed) AS claimed, (SELECT count(*) FROM paid) AS paid"
 )
+
+
+class EventWriter:
+    """Single-statement writes for events whose whole effect fits in one atomic statement.
+
+    Runs in autocommit on a pooled connection: one round trip, no BEGIN/COMMIT, no session.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def _one(self, statement: Any, params: dict[str, Any]) -> Row[Any] | None:
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return (await conn.execute(statement, params)).first()
+
+    async def claim(self, *, event_id: str, type_: str, created: dt.datetime) -> bool:
+        """Record an event that has no effect; False if it was recorded before."""
+        return await self._one(_CLAIM_EVENT, {"id": event_id, "type": type_, "created": created}) is not None
+
+    async def claim_and_pay(self, *, event_id: str, type_: str, created: dt.datetime, invoice_id: str,
+                            customer_id: str, amount_minor: int, currency: str,
+                            paid_at: dt.datetime) -> tuple[bool, bool]:
+        """Record the event and its payment atomically: (claimed, payment_added)."""
+        row = await self._one(_CLAIM_AND_PAY, {
+            "id": event_id, "type": type_, "created": created, "invoice_id": invoice_id,
+            "customer": customer_id, "amount": amount_minor, "currency": currency, "paid_at": paid_at})
+        assert row is not None
+        return bool(row.claimed), bool(row.paid)
 
 class BillingRepository:
     def __init__(self, session: AsyncSession) -> None:
@@ -75,13 +113,6 @@ class BillingRepository:
             update(BillingAccount).where(BillingAccount.stripe_customer_id == customer_id).values(**values)
         )
         return "tie" if stored == event_at else "applied"
-
-    async def add_payment(self, *, invoice_id: str, customer_id: str, amount_minor: int, currency: str,
-                          paid_at: dt.datetime, event_id: str) -> bool:
-        result = await self.session.execute(_ADD_PAYMENT, {
-            "invoice_id": invoice_id, "customer": customer_id, "amount": amount_minor, "currency": currency,
-            "paid_at": paid_at, "event_id": event_id})
-        return result.scalar_one_or_none() is not None
 
     async def account_for_user(self, user_id: uuid.UUID) -> BillingAccount | None:
         return (

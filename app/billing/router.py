@@ -26,7 +26,6 @@ log = logging.getLogger("tradedesk.billing")
 )
 async def stripe_webhook(
     request: Request,
-    session: SessionDep,
     settings: SettingsDep,
     stripe_signature: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> WebhookAck:
@@ -41,7 +40,8 @@ async def stripe_webhook(
         WEBHOOK_EVENTS.labels("unknown", "bad_signature").inc()
         log.warning("stripe webhook refused", extra={"reason": str(exc)})
         raise BadRequest(f"Stripe signature verification failed: {exc}.") from None
-    outcome = await service.handle_event(session=session, event=event)  # failures: counted on rollback
+    outcome = await service.handle_event(sessionmaker=request.app.state.sessionmaker,
+                                         writer=request.app.state.billing_writer, event=event)
     return WebhookAck(received=True, duplicate=outcome == "duplicate")
 
 

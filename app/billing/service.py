@@ -10,12 +10,11 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.models import User
-from app.billing.repository import BillingRepository
+from app.billing.repository import BillingRepository, EventWriter
 from app.billing.schemas import PaymentOut, PaymentsPage, SubscriptionOut
-from app.core.db import after_commit, on_rollback
 from app.core.errors import BadRequest
 from app.core.observability import WEBHOOK_EVENTS
 from app.providers.stripe import StripeEvent
@@ -60,34 +59,61 @@ def _period_end(obj: dict[str, Any]) -> dt.datetime | None:
     return end
 
 
-async def handle_event(*, session: AsyncSession, event: StripeEvent) -> str:
-    """Record the event id and apply its effect in the caller's transaction. Returns the outcome:
-    ``processed``, ``ignored`` (recorded, nothing to do) or ``duplicate`` (seen before: no change)."""
-    repo = BillingRepository(session)
-    created = _ts(event.created) or dt.datetime.now(dt.UTC)
+# Events that change account state read and lock that state: they run in a transaction. Every other
+# type's whole effect (a payment, or nothing) fits in one atomic statement (EventWriter).
+STATEFUL_TYPES = frozenset(
+    {"checkout.session.completed", "customer.subscription.updated", "customer.subscription.deleted"}
+)
 
-    def failed() -> None:  # anything that rolls the transaction back, the commit included
+
+async def handle_event(*, sessionmaker: async_sessionmaker[AsyncSession], writer: EventWriter,
+                       event: StripeEvent) -> str:
+    """Record the event id and apply its effect, atomically. Returns the outcome: ``processed``,
+    ``ignored`` (recorded, nothing to do) or ``duplicate`` (seen before: no change). Raises — with
+    nothing recorded, so Stripe's redelivery can succeed — if anything fails."""
+    created = _ts(event.created) or dt.datetime.now(dt.UTC)
+    try:
+        if event.type in STATEFUL_TYPES:
+            async with sessionmaker() as session, session.begin():
+                repo = BillingRepository(session)
+                if not await repo.claim_event(event_id=event.id, type_=event.type, created=created):
+                    outcome = "duplicate"
+                else:
+                    outcome = "processed" if await _apply_stateful(repo, session, event, created) else "ignored"
+        elif event.type == "invoice.paid" and (payment := _payment(event, created)) is not None:
+            claimed, paid = await writer.claim_and_pay(event_id=event.id, type_=event.type, created=created,
+                                                       **payment)
+            outcome = "duplicate" if not claimed else "processed" if paid else "ignored"
+        else:
+            if event.type == "invoice.paid":
+                log.warning("invoice.paid with missing or malformed fields", extra={"event_id": event.id})
+            claimed = await writer.claim(event_id=event.id, type_=event.type, created=created)
+            outcome = "ignored" if claimed else "duplicate"
+    except Exception:
         WEBHOOK_EVENTS.labels(event.type, "failed").inc()
         log.error("stripe event failed; nothing recorded, Stripe will redeliver",
                   extra={"event_id": event.id, "event_type": event.type})
-
-    on_rollback(session, failed)
-    if not await repo.claim_event(event_id=event.id, type_=event.type, created=created):
-        outcome = "duplicate"
-    else:
-        applied = await _apply(repo, session, event, created)
-        outcome = "processed" if applied else "ignored"
-    await session.flush()
-
-    def report() -> None:
-        WEBHOOK_EVENTS.labels(event.type, outcome).inc()
-        log.info("stripe event", extra={"event_id": event.id, "event_type": event.type, "outcome": outcome})
-
-    after_commit(session, report)
+        raise
+    WEBHOOK_EVENTS.labels(event.type, outcome).inc()
+    log.info("stripe event", extra={"event_id": event.id, "event_type": event.type, "outcome": outcome})
     return outcome
 
 
-async def _apply(repo: BillingRepository, session: AsyncSession, event: StripeEvent, created: dt.datetime) -> bool:
+def _payment(event: StripeEvent, created: dt.datetime) -> dict[str, Any] | None:
+    obj = event.data_object
+    customer, invoice_id = _customer_id(obj), obj.get("id")
+    amount, currency = obj.get("amount_paid"), obj.get("currency")
+    if (customer is None or not isinstance(invoice_id, str) or not invoice_id or len(invoice_id) > 255
+            or not isinstance(amount, int) or isinstance(amount, bool) or amount < 0
+            or not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha()):
+        return None
+    paid_at = _ts((obj.get("status_transitions") or {}).get("paid_at")) or created
+    return {"invoice_id": invoice_id, "customer_id": customer, "amount_minor": amount,
+            "currency": currency.lower(), "paid_at": paid_at}
+
+
+async def _apply_stateful(repo: BillingRepository, session: AsyncSession, event: StripeEvent,
+                          created: dt.datetime) -> bool:
     obj = event.data_object
     if event.type == "checkout.session.completed":
         customer = _customer_id(obj)
@@ -104,18 +130,6 @@ async def _apply(repo: BillingRepository, session: AsyncSession, event: StripeEv
         await repo.link_user(customer_id=customer, user_id=user_id)
         await _set_status(repo, event, customer, "active", created, None)
         return True
-
-    if event.type == "invoice.paid":
-        customer, invoice_id = _customer_id(obj), obj.get("id")
-        amount, currency = obj.get("amount_paid"), obj.get("currency")
-        if (customer is None or not isinstance(invoice_id, str) or not invoice_id
-                or not isinstance(amount, int) or isinstance(amount, bool) or amount < 0
-                or not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha()):
-            log.warning("invoice.paid with missing or malformed fields", extra={"event_id": event.id})
-            return False
-        paid_at = _ts((obj.get("status_transitions") or {}).get("paid_at")) or created
-        return await repo.add_payment(invoice_id=invoice_id[:255], customer_id=customer, amount_minor=amount,
-                                      currency=currency.lower(), paid_at=paid_at, event_id=event.id)
 
     if event.type in ("customer.subscription.updated", "customer.subscription.deleted"):
         customer, status = _customer_id(obj), obj.get("status")

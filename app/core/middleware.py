@@ -12,21 +12,23 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import re
 import time
-import os
 from collections.abc import Sequence
 
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware as StarletteCORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import BodyTooLarge, log_exception, problem_body, unhandled_problem
+from app.core.errors import BodyTooLarge, log_exception, problem_body, problem_response, unhandled_problem
 from app.core.observability import (
     BODY_TOO_LARGE,
-    AccessLogWriter,
     HTTP_DURATION,
     HTTP_IN_FLIGHT,
     HTTP_REQUESTS,
+    AccessLogWriter,
     request_id_var,
 )
 
@@ -182,9 +184,34 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
+_CORS_FAILURE_PREFIX = "Disallowed CORS "
+_CORS_PARTS = {"origin": "origin", "method": "method", "headers": "request headers",
+               "private-network": "private-network access"}
+
+
 class CORSMiddleware(StarletteCORSMiddleware):
     """Starlette's CORS, with a fast path: a request without an Origin header is not a CORS request,
-    so it passes straight through (``Vary: Origin`` is added by RequestContextMiddleware)."""
+    so it passes straight through (``Vary: Origin`` is added by RequestContextMiddleware).
+
+    A refused preflight answers 400 problem+json (``/problems/cors-preflight-refused``, ``disallowed``
+    lists what was refused) instead of Starlette's text/plain; Starlette still decides and sets the
+    headers (no ``Access-Control-Allow-Origin`` for an origin it refuses). Allowed preflights are untouched.
+    """
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        text = bytes(response.body).decode("latin-1")
+        failures = text.removeprefix(_CORS_FAILURE_PREFIX).split(", ") if text.startswith(_CORS_FAILURE_PREFIX) else []
+        failures = [f for f in failures if f in _CORS_PARTS]
+        if failures:
+            detail = "CORS preflight refused: disallowed " + ", ".join(_CORS_PARTS[f] for f in failures) + "."
+        else:
+            detail = "CORS preflight refused."
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+        return problem_response(400, title="CORS preflight refused", slug="cors-preflight-refused",
+                                detail=detail, headers=headers, extra={"disallowed": failures})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

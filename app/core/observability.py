@@ -2,7 +2,13 @@
 
 Metric names are fixed by the contract (§4 Operations); alert rules are written against them.
 Routes are labelled by their template (``/v1/orders/{id}``), never by the raw path.
-When ``PROMETHEUS_MULTIPROC_DIR`` is set (several workers), ``/metrics`` aggregates all of them.
+
+Several workers: when ``PROMETHEUS_MULTIPROC_DIR`` is set, every process writes its samples to files in
+that directory and ``/metrics`` (any worker) aggregates all of them: counters and histograms are summed
+(dead workers' counts included, so totals never go backwards), each gauge by its ``multiprocess_mode``.
+``python -m app`` empties the directory before starting the workers (``app/__main__.py``); a
+worker drops its live-gauge files when it stops and, when it starts, those of workers that died without
+stopping (uvicorn offers no child-exit hook; ``prune_dead_workers``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -54,6 +61,11 @@ RATE_LIMIT_HITS = Counter("rate_limit_hits_total", "Requests refused by a rate l
 RATE_LIMIT_ERRORS = Counter(
     "rate_limit_storage_errors_total", "Rate-limit storage failures (the limiter failed open).", ["limit"]
 )
+RATE_LIMIT_SKIPPED = Counter(
+    "rate_limit_storage_skipped_total",
+    "Requests served without a limit check because the storage failed moments ago (cooldown, fail open).",
+    ["limit"],
+)
 BODY_TOO_LARGE = Counter("http_request_body_too_large_total", "Requests refused with 413.")
 UNHANDLED_ERRORS = Counter("http_unhandled_exceptions_total", "Unexpected exceptions answered with 500.")
 WEBHOOK_EVENTS = Counter(
@@ -80,9 +92,13 @@ EXTERNAL_API_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 EXTERNAL_API_RETRIES = Counter("external_api_retries_total", "Outbound attempts that were retries.", ["provider"])
+# Several workers: the worst state any live worker is applying. With Redis every worker mirrors the shared
+# state on each call to the provider, so they agree; without Redis (or while it fails) each worker runs its
+# own breaker, and "some worker refuses calls" is what an alert must see — "mostrecent" would show whichever
+# worker wrote last (a restarting worker's initial 0 included) and could hide an open breaker.
 CIRCUIT_BREAKER_STATE = Gauge(
     "circuit_breaker_state", "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.", ["provider"],
-    multiprocess_mode="mostrecent",
+    multiprocess_mode="livemax",
 )
 SHARED_STATE_FALLBACKS = Counter(
     "shared_state_fallbacks_total",
@@ -101,6 +117,41 @@ def metrics_payload() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST
+
+
+def _multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+
+
+def prune_dead_workers() -> list[int]:
+    """A starting worker drops the live-gauge files of workers that are gone (crashed or killed without
+    running their shutdown), so ``live*`` gauges never count a dead worker. Returns the pids pruned."""
+    path = _multiprocess_dir()
+    if path is None:
+        return []
+    me = os.getpid()
+    pids = {int(m.group(1)) for f in os.listdir(path) if (m := _LIVE_GAUGE_FILE.match(f))} - {me}
+    dead = []
+    for pid in sorted(pids):
+        try:
+            os.kill(pid, 0)  # signal 0: existence check only
+        except ProcessLookupError:
+            dead.append(pid)
+        except OSError:  # exists, owned by someone else
+            continue
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, path)
+    return dead
+
+
+def mark_worker_stopped() -> None:
+    """A stopping worker (end of its lifespan) removes its own live-gauge files."""
+    path = _multiprocess_dir()
+    if path is not None:
+        multiprocess.mark_process_dead(os.getpid(), path)
 
 
 # --------------------------------------------------------------------------------------

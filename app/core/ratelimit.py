@@ -10,6 +10,13 @@
   ``rate_limit_storage_errors_total`` counter goes up and a warning is logged (at most every 10 s).
   Availability of the trading API beats strict limiting during a cache outage; operators alert
   on that counter.
+* A storage call waits at most ``STORAGE_TIMEOUT_SECONDS`` (connect or answer). After a failure the
+  limiter skips the storage for ``STORAGE_COOLDOWN_SECONDS`` (requests are served unlimited and
+  counted in ``rate_limit_storage_skipped_total``), then lets **one** request probe it again; the
+  others keep skipping until that probe answers. So a Redis that accepts connections but never
+  replies costs one timeout per cooldown per process, not one per request. (The same idea as
+  ``app.core.redisconn.RedisGuard``, whose counter and log line speak of an in-process fallback;
+  the limiter has none, it fails open, hence its own few lines.)
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from limits.storage import storage_from_string
 
 from app.core.errors import TooManyRequests
 from app.core.middleware import RATELIMIT_STATE_KEY, route_template
-from app.core.observability import RATE_LIMIT_ERRORS, RATE_LIMIT_HITS
+from app.core.observability import RATE_LIMIT_ERRORS, RATE_LIMIT_HITS, RATE_LIMIT_SKIPPED
 
 log = logging.getLogger("tradedesk.ratelimit")
 
@@ -102,16 +109,26 @@ def window_decision(item: RateLimitItem, allowed: bool, previous_count: int, pre
     return Decision(allowed, item.amount, remaining, now + min(previous_reset_in, current_reset_in))
 
 
+STORAGE_TIMEOUT_SECONDS = 0.25  # connect or answer; Redis normally answers in well under 1 ms
+STORAGE_COOLDOWN_SECONDS = 2.0  # after a storage failure, skip the storage this long (fail open)
+
+
 class RateLimiter:
     """Owns the storage; one per process, built in the lifespan."""
 
-    def __init__(self, redis_url: str | None, *, key_prefix: str = "tradedesk-rl") -> None:
+    def __init__(self, redis_url: str | None, *, key_prefix: str = "tradedesk-rl",
+                 timeout: float = STORAGE_TIMEOUT_SECONDS, cooldown: float = STORAGE_COOLDOWN_SECONDS) -> None:
         self._script: Any = None
+        self.cooldown = cooldown
+        # 0.0 while the storage is healthy (the hot path then reads no clock); else the monotonic time
+        # until which hits skip the storage.
+        self._skip_until = 0.0
+        self._last_error_log = -math.inf
         if redis_url:
             uri = "async+" + redis_url  # async+redis:// or async+rediss://
             self.storage = storage_from_string(
                 uri, implementation="redispy", key_prefix=key_prefix, wrap_exceptions=True,
-                socket_timeout=0.5, socket_connect_timeout=0.5,
+                socket_timeout=timeout, socket_connect_timeout=timeout,
             )
             self.backend = "redis"
             self._script = self.storage.bridge.storage.register_script(_ACQUIRE_AND_REPORT)  # type: ignore[attr-defined]
@@ -119,7 +136,6 @@ class RateLimiter:
             self.storage = storage_from_string("async+memory://")
             self.backend = "memory"
         self.strategy = SlidingWindowCounterRateLimiter(self.storage)  # type: ignore[arg-type]
-        self._last_error_log = 0.0
 
     async def _hit_redis(self, item: RateLimitItem, name: str, *identifiers: str) -> Decision:
         key = item.key_for(name, *identifiers)
@@ -133,20 +149,39 @@ class RateLimiter:
 
     async def hit(self, item: RateLimitItem, name: str, *identifiers: str) -> Decision:
         """Consume one unit of ``item`` for the identifiers; never raises on storage failure."""
+        probe = False
+        if self._skip_until:  # the storage failed recently
+            now = time.monotonic()
+            if now < self._skip_until:
+                RATE_LIMIT_SKIPPED.labels(name).inc()
+                return _unlimited(item)
+            # Cooldown over: this request probes the storage; the others keep skipping until it answers.
+            self._skip_until = now + self.cooldown
+            probe = True
         try:
             if self._script is not None:
-                return await self._hit_redis(item, name, *identifiers)
-            allowed = await self.strategy.hit(item, name, *identifiers)
-            reset_at, remaining = await self.strategy.get_window_stats(item, name, *identifiers)
-        except Exception as exc:  # storage down: fail open, loudly
-            RATE_LIMIT_ERRORS.labels(name).inc()
-            now = time.monotonic()
-            if now - self._last_error_log > 10:
-                self._last_error_log = now
-                log.warning("rate-limit storage failed; failing open",
-                            extra={"limit": name, "backend": self.backend, "error": type(exc).__name__})
-            return Decision(True, item.amount, item.amount, time.time() + item.get_expiry())
-        return Decision(allowed, item.amount, int(remaining), float(reset_at))
+                decision = await self._hit_redis(item, name, *identifiers)
+            else:
+                allowed = await self.strategy.hit(item, name, *identifiers)
+                reset_at, remaining = await self.strategy.get_window_stats(item, name, *identifiers)
+                decision = Decision(allowed, item.amount, int(remaining), float(reset_at))
+        except Exception as exc:  # storage down or silent: fail open, loudly, and skip it for a while
+            self._storage_failed(exc, name)
+            return _unlimited(item)
+        if probe:
+            self._skip_until = 0.0
+            log.info("rate-limit storage answers again", extra={"limit": name, "backend": self.backend})
+        return decision
+
+    def _storage_failed(self, exc: Exception, name: str) -> None:
+        RATE_LIMIT_ERRORS.labels(name).inc()
+        now = time.monotonic()
+        self._skip_until = now + self.cooldown
+        if now - self._last_error_log >= 10:
+            self._last_error_log = now
+            log.warning("rate-limit storage failed; failing open",
+                        extra={"limit": name, "backend": self.backend, "error": type(exc).__name__,
+                               "cooldown_s": self.cooldown})
 
     async def reset(self) -> None:
         await self.storage.reset()
@@ -157,6 +192,11 @@ class RateLimiter:
             storage = getattr(bridge, "storage", None)
             if storage is not None and hasattr(storage, "aclose"):
                 await storage.aclose()
+
+
+def _unlimited(item: RateLimitItem) -> Decision:
+    """The fail-open answer: allowed, with the full budget."""
+    return Decision(True, item.amount, item.amount, time.time() + item.get_expiry())
 
 
 def _remember(request: Request, decision: Decision) -> None:

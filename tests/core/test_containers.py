@@ -46,3 +46,22 @@ def test_compose_has_app_migrate_postgres_redis_with_healthchecks() -> None:
 def test_env_and_secrets_never_enter_the_image_or_repo() -> None:
     assert ".env" in (ROOT / ".dockerignore").read_text().split()
     assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_multiworker_metrics_dir_is_set_writable_and_a_tmpfs_in_compose() -> None:
+    """WEB_CONCURRENCY > 1: every worker writes to PROMETHEUS_MULTIPROC_DIR so /metrics aggregates them."""
+    text = (ROOT / "Dockerfile").read_text()
+    runtime = text[text.rindex("\nFROM "):]  # the final stage is the image that runs
+    env = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", runtime)
+    assert env, "PROMETHEUS_MULTIPROC_DIR must be set in the runtime stage"
+    path = env.group(1)
+    # The directory exists in the image and belongs to the non-root user the image runs as.
+    user = re.findall(r"^USER\s+(\S+)", runtime, flags=re.M)[-1].split(":")[0]
+    created = re.search(rf"install -d -o {user} -g \d+ -m 07\d\d {re.escape(path)}\b", runtime)
+    assert created, f"{path} must be created for uid {user}"
+
+    app = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["app"]
+    assert app["environment"]["PROMETHEUS_MULTIPROC_DIR"] == path
+    mounts = [m.split(":", 1) for m in app["tmpfs"]]
+    options = dict(mounts)[path].split(",")  # a fresh tmpfs per container
+    assert "mode=1777" in options or any(o.startswith("uid=") for o in options), "the app user must write it"

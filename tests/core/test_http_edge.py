@@ -34,6 +34,41 @@ async def test_preflight_from_frontend_origin_allowed(client: httpx.AsyncClient)
     assert "*" not in r.headers["access-control-allow-origin"]
 
 
+async def test_allowed_preflight_is_unchanged(client: httpx.AsyncClient) -> None:
+    r = await client.options("/v1/orders", headers={
+        "Origin": ALLOWED, "Access-Control-Request-Method": "DELETE", "Access-Control-Request-Headers": "X-Request-ID"})
+    assert r.status_code == 200 and r.text == "OK"
+    assert r.headers["content-type"].startswith("text/plain")
+    assert r.headers["access-control-allow-origin"] == ALLOWED
+    assert r.headers["access-control-allow-credentials"] == "true"
+    assert "DELETE" in r.headers["access-control-allow-methods"]
+    assert "x-request-id" in r.headers["access-control-allow-headers"].lower()
+
+
+async def test_refused_preflight_is_problem_json_naming_what_was_disallowed(client: httpx.AsyncClient) -> None:
+    def preflight(origin: str, method: str = "POST", headers: str | None = None):
+        h = {"Origin": origin, "Access-Control-Request-Method": method}
+        if headers:
+            h["Access-Control-Request-Headers"] = headers
+        return client.options("/v1/orders", headers=h)
+
+    evil = assert_problem(await preflight("https://evil.example"), 400)
+    assert evil["type"].endswith("/cors-preflight-refused")
+    assert evil["disallowed"] == ["origin"] and "origin" in evil["detail"]
+    r = await preflight("https://evil.example")
+    assert "access-control-allow-origin" not in r.headers
+
+    header = await preflight(ALLOWED, headers="content-type, X-Evil-Header")
+    body = assert_problem(header, 400)
+    assert body["disallowed"] == ["headers"] and "headers" in body["detail"]
+
+    method = assert_problem(await preflight(ALLOWED, method="TRACE"), 400)
+    assert method["disallowed"] == ["method"] and "method" in method["detail"]
+
+    everything = assert_problem(await preflight("https://evil.example", method="TRACE", headers="X-Evil"), 400)
+    assert everything["disallowed"] == ["origin", "method", "headers"]
+
+
 async def test_preflight_from_other_origin_gets_no_allow_origin(client: httpx.AsyncClient) -> None:
     r = await client.options("/v1/orders", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in r.headers

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 import pytest
 
@@ -100,3 +103,149 @@ async def test_single_round_trip_redis_limiter_agrees_with_limits(require_redis:
     finally:
         await limiter.storage.reset()
         await limiter.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# A Redis that accepts connections but never answers (hung, paused, half-dead network path)
+# --------------------------------------------------------------------------------------------------
+class LoopbackRedis:
+    """A loopback TCP server standing in for Redis: ``silent`` accepts connections and never replies;
+    ``forward`` relays bytes to a real Redis (the path recovered)."""
+
+    def __init__(self, target: tuple[str, int] | None = None) -> None:
+        self.target = target
+        self.mode = "silent"
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def __aenter__(self) -> LoopbackRedis:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        if self.mode == "silent":
+            while await reader.read(65536):  # swallow every command, answer none, until the client hangs up
+                pass
+            writer.close()
+            return
+        assert self.target is not None
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers.append(up_writer)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        for coro in (pipe(reader, up_writer), pipe(up_reader, writer)):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+def _sample(metrics: str, series: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_silent_redis_costs_one_timeout_not_one_per_request(make_client) -> None:
+    from app.core.ratelimit import STORAGE_TIMEOUT_SECONDS
+
+    errors = 'rate_limit_storage_errors_total{limit="default"}'
+    skipped = 'rate_limit_storage_skipped_total{limit="default"}'
+    async with LoopbackRedis() as silent:
+        client = await make_client(routers=[support_router], rate_limit_default="1/minute",
+                                   redis_url=f"redis://127.0.0.1:{silent.port}/0")
+        before = (await client.get("/metrics")).text
+        elapsed, statuses = [], []
+        for _ in range(10):
+            started = time.perf_counter()
+            statuses.append((await _items(client)).status_code)
+            elapsed.append(time.perf_counter() - started)
+        after = (await client.get("/metrics")).text
+
+    assert silent.connections >= 1  # the limiter really reached the silent server
+    assert statuses == [200] * 10  # fail open, although the limit is 1/minute
+    assert elapsed[0] < STORAGE_TIMEOUT_SECONDS + 0.3  # the first waits the (0.25 s) socket timeout at most
+    assert all(e < STORAGE_TIMEOUT_SECONDS for e in elapsed[1:]), elapsed  # the rest never wait for Redis
+    assert _sample(after, errors) - _sample(before, errors) == 1
+    assert _sample(after, skipped) - _sample(before, skipped) == 9
+
+
+@pytest.mark.redis
+async def test_limiter_probes_once_after_cooldown_and_recovers_when_redis_answers(require_redis: str) -> None:
+    from urllib.parse import urlsplit
+
+    from limits import parse
+    from prometheus_client import REGISTRY
+
+    from app.core.ratelimit import STORAGE_TIMEOUT_SECONDS, RateLimiter
+
+    def count(metric: str) -> float:
+        return REGISTRY.get_sample_value(metric, {"limit": "probe"}) or 0.0
+
+    real = urlsplit(require_redis)
+    item = parse("3/minute")
+    cooldown = 0.5
+    async with LoopbackRedis(target=(real.hostname or "127.0.0.1", real.port or 6379)) as proxy:
+        limiter = RateLimiter(f"redis://127.0.0.1:{proxy.port}{real.path}", cooldown=cooldown)
+        try:
+            errors0, skipped0 = count("rate_limit_storage_errors_total"), count("rate_limit_storage_skipped_total")
+
+            # 1. Redis silent: the first hit waits the timeout, fails open and starts the cooldown.
+            started = time.perf_counter()
+            first = await limiter.hit(item, "probe", "1.2.3.4")
+            assert time.perf_counter() - started < STORAGE_TIMEOUT_SECONDS + 0.3
+            assert first.allowed and first.remaining == 3
+            assert count("rate_limit_storage_errors_total") - errors0 == 1
+
+            # 2. Within the cooldown: no connection attempt at all.
+            connections = proxy.connections
+            assert (await limiter.hit(item, "probe", "1.2.3.4")).allowed
+            assert proxy.connections == connections
+            assert count("rate_limit_storage_skipped_total") - skipped0 == 1
+
+            # 3. Cooldown over, Redis still silent, ten concurrent hits: exactly one probes (and waits),
+            #    the nine others skip at once.
+            await asyncio.sleep(cooldown + 0.05)  # let the cooldown run out (it is what is under test)
+            burst = await asyncio.gather(*(limiter.hit(item, "probe", "1.2.3.4") for _ in range(10)))
+            assert all(d.allowed for d in burst)
+            assert count("rate_limit_storage_errors_total") - errors0 == 2
+            assert count("rate_limit_storage_skipped_total") - skipped0 == 10
+
+            # 4. Redis answers again: still skipped until the cooldown of the failed probe runs out...
+            proxy.mode = "forward"
+            assert (await limiter.hit(item, "probe", "1.2.3.4")).remaining == 3
+            assert count("rate_limit_storage_skipped_total") - skipped0 == 11
+            await asyncio.sleep(cooldown + 0.05)
+            # ...then the next hit probes, succeeds, and limiting is back for everyone (one shared window).
+            decisions = [await limiter.hit(item, "probe", "1.2.3.4") for _ in range(4)]
+            assert [d.allowed for d in decisions] == [True, True, True, False]
+            assert [d.remaining for d in decisions] == [2, 1, 0, 0]
+            assert count("rate_limit_storage_errors_total") - errors0 == 2
+            assert count("rate_limit_storage_skipped_total") - skipped0 == 11
+            _, remaining = await limiter.strategy.get_window_stats(item, "probe", "1.2.3.4")
+            assert remaining == 0
+        finally:
+            await limiter.close()

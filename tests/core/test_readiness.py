@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from sqlalchemy.engine import make_url
 
 from tests.support.tcpproxy import TcpProxy

@@ -12,14 +12,16 @@ import pytest
 from tests.market.conftest import ALPACA_KEY_ID, ALPACA_SECRET
 from tests.outbound.fake_provider import (
     BARS_PATH,
-    QUOTE_PATH,
-    TRADE_PATH,
+    LATEST_QUOTE,
+    LATEST_TRADE,
+    SNAPSHOT_PATH,
     Drip,
     FakeProvider,
     Hang,
     Recorded,
     Reply,
-    alpaca_quote,
+    alpaca_snapshot,
+    slow_snapshot,
 )
 
 QUOTE = "/v1/market-data/quotes/{}"
@@ -44,14 +46,15 @@ async def timed_get(client: httpx.AsyncClient, url: str, **kw) -> tuple[httpx.Re
 
 
 # --------------------------------------------------------------------------- cache and single-flight
-async def test_50_concurrent_misses_make_one_upstream_call_then_hits(alpaca_app, fake: FakeProvider) -> None:
-    fake.on(QUOTE_PATH, lambda req: Reply(**{**alpaca_quote(req).__dict__, "delay": 0.2}))
+async def test_50_concurrent_misses_make_one_upstream_request_then_hits(alpaca_app, fake: FakeProvider) -> None:
+    fake.on(SNAPSHOT_PATH, slow_snapshot(0.2))
     client = await alpaca_app()
     responses = await asyncio.gather(*(client.get(QUOTE.format("aapl")) for _ in range(50)))
     assert [r.status_code for r in responses] == [200] * 50
     assert {r.headers["x-cache"] for r in responses} == {"MISS"}
     assert len({r.text for r in responses}) == 1
-    assert fake.count(QUOTE_PATH) == 1 and fake.count(TRADE_PATH) == 1
+    assert len(fake.requests) == 1  # ONE HTTP request in total: the snapshot
+    assert fake.requests[0].path == "/v2/stocks/AAPL/snapshot"
 
     body = responses[0].json()
     assert body == {"symbol": "AAPL", "bid": "189.95", "ask": "190.05", "last": "190.01",
@@ -60,7 +63,7 @@ async def test_50_concurrent_misses_make_one_upstream_call_then_hits(alpaca_app,
     repeats = await asyncio.gather(*(client.get(QUOTE.format("AAPL")) for _ in range(10)))
     assert {r.headers["x-cache"] for r in repeats} == {"HIT"}
     assert {r.text for r in repeats} == {responses[0].text}
-    assert fake.count(QUOTE_PATH) == 1 and fake.count(TRADE_PATH) == 1
+    assert len(fake.requests) == 1
 
 
 async def test_concurrent_bars_misses_make_one_upstream_call(alpaca_app, fake: FakeProvider) -> None:
@@ -76,11 +79,11 @@ async def test_concurrent_bars_misses_make_one_upstream_call(alpaca_app, fake: F
 async def test_sends_alpaca_credentials_and_user_agent(alpaca_app, fake: FakeProvider) -> None:
     client = await alpaca_app()
     assert (await client.get(QUOTE.format("IBM"))).status_code == 200
-    seen = fake.seen(QUOTE_PATH)[0]
+    seen = fake.seen(SNAPSHOT_PATH)[0]
     assert seen.headers["apca-api-key-id"] == ALPACA_KEY_ID
     assert seen.headers["apca-api-secret-key"] == ALPACA_SECRET
     assert seen.headers["user-agent"].startswith("tradedesk/")
-    assert seen.path == "/v2/stocks/IBM/quotes/latest"
+    assert seen.path == "/v2/stocks/IBM/snapshot"
 
 
 async def test_provider_down_serves_stale_copy_else_503(alpaca_app, fake: FakeProvider) -> None:
@@ -88,7 +91,7 @@ async def test_provider_down_serves_stale_copy_else_503(alpaca_app, fake: FakePr
     first = await client.get(QUOTE.format("AAPL"))
     assert first.status_code == 200 and first.headers["x-cache"] == "MISS"
 
-    fake.on(QUOTE_PATH, Reply(500, {"message": "internal"}))
+    fake.on(SNAPSHOT_PATH, Reply(500, {"message": "internal"}))
     await asyncio.sleep(1.1)  # let the fresh window (MARKET_DATA_CACHE_SECONDS=1) lapse
     stale = await client.get(QUOTE.format("AAPL"))
     assert stale.status_code == 200, stale.text
@@ -104,30 +107,30 @@ async def test_provider_down_serves_stale_copy_else_503(alpaca_app, fake: FakePr
 async def test_open_breaker_still_serves_stale_copies_without_calling(alpaca_app, fake: FakeProvider) -> None:
     client = await alpaca_app(market_data_cache_seconds=1, breaker_fail_max=2, breaker_reset_seconds=30)
     assert (await client.get(QUOTE.format("AAPL"))).status_code == 200
-    fake.on(QUOTE_PATH, Reply(500, {}))
+    fake.on(SNAPSHOT_PATH, Reply(500, {}))
     await asyncio.sleep(1.1)
     for symbol in ("X1", "X2"):
         assert_problem(await client.get(QUOTE.format(symbol)), 503)
-    calls = fake.count(QUOTE_PATH)
+    calls = fake.count(SNAPSHOT_PATH)
     r = await client.get(QUOTE.format("AAPL"))
     assert r.status_code == 200 and r.headers["x-cache"] == "STALE"
-    assert fake.count(QUOTE_PATH) == calls
+    assert fake.count(SNAPSHOT_PATH) == calls
 
 
 # --------------------------------------------------------------------------- timeouts
 async def test_hanging_provider_answers_503_within_timeout_plus_one_second(alpaca_app, fake: FakeProvider) -> None:
-    fake.on(QUOTE_PATH, Hang())
+    fake.on(SNAPSHOT_PATH, Hang())
     client = await alpaca_app(http_timeout_seconds=1)
     r, elapsed = await timed_get(client, QUOTE.format("AAPL"))
     body = assert_problem(r, 503)
     assert "did not answer in time" in body["detail"]
     assert elapsed < 2.0, elapsed
-    assert fake.count(QUOTE_PATH) == 1  # a read timeout is not retried
+    assert fake.count(SNAPSHOT_PATH) == 1  # a read timeout is not retried
 
 
 async def test_slow_drip_provider_is_cut_at_the_total_deadline(alpaca_app, fake: FakeProvider) -> None:
     # One byte every 0.2 s never trips httpx's per-chunk read timeout (1 s); only our deadline stops it.
-    fake.on(QUOTE_PATH, Drip(interval=0.2, size=200))
+    fake.on(SNAPSHOT_PATH, Drip(interval=0.2, size=200))
     client = await alpaca_app(http_timeout_seconds=1)
     r, elapsed = await timed_get(client, QUOTE.format("AAPL"))
     assert_problem(r, 503)
@@ -136,11 +139,11 @@ async def test_slow_drip_provider_is_cut_at_the_total_deadline(alpaca_app, fake:
 
 # --------------------------------------------------------------------------- retries
 async def test_get_is_retried_on_503_then_succeeds(alpaca_app, fake: FakeProvider) -> None:
-    fake.on(QUOTE_PATH, Reply(503, {}), Reply(503, {}), alpaca_quote)
+    fake.on(SNAPSHOT_PATH, Reply(503, {}), Reply(503, {}), alpaca_snapshot)
     client = await alpaca_app(http_timeout_seconds=5)
     r = await client.get(QUOTE.format("AAPL"))
     assert r.status_code == 200, r.text
-    assert fake.count(QUOTE_PATH) == 3
+    assert fake.count(SNAPSHOT_PATH) == 3
     metrics = (await client.get("/metrics")).text
     assert 'external_api_retries_total{provider="alpaca-data"}' in metrics
 
@@ -149,11 +152,11 @@ async def test_get_is_retried_on_503_then_succeeds(alpaca_app, fake: FakeProvide
 async def test_breaker_opens_answers_fast_without_calling_then_one_trial_closes_it(
     alpaca_app, fake: FakeProvider
 ) -> None:
-    fake.on(QUOTE_PATH, Reply(500, {"message": "boom"}))  # 500 is a failure but not retried
+    fake.on(SNAPSHOT_PATH, Reply(500, {"message": "boom"}))  # 500 is a failure but not retried
     client = await alpaca_app(breaker_fail_max=3, breaker_reset_seconds=1)
     for symbol in ("A", "B", "C"):
         assert_problem(await client.get(QUOTE.format(symbol)), 503)
-    assert fake.count(QUOTE_PATH) == 3
+    assert fake.count(SNAPSHOT_PATH) == 3
 
     for symbol in ("D", "E", "F"):
         r, elapsed = await timed_get(client, QUOTE.format(symbol))
@@ -161,45 +164,45 @@ async def test_breaker_opens_answers_fast_without_calling_then_one_trial_closes_
         assert elapsed < 0.05, elapsed
         assert retry_after(r) == 1  # the remaining open time, rounded up
         assert "circuit open" in body["detail"]
-    assert fake.count(QUOTE_PATH) == 3  # the provider saw nothing while open
+    assert fake.count(SNAPSHOT_PATH) == 3  # the provider saw nothing while open
     metrics = (await client.get("/metrics")).text
     assert 'circuit_breaker_state{provider="alpaca-data"} 2.0' in metrics
     assert 'external_api_requests_total{outcome="circuit_open",provider="alpaca-data"}' in metrics
 
     await asyncio.sleep(1.05)  # BREAKER_RESET_SECONDS=1
-    fake.on(QUOTE_PATH, lambda req: Reply(**{**alpaca_quote(req).__dict__, "delay": 0.3}))
+    fake.on(SNAPSHOT_PATH, slow_snapshot(0.3))
     trial_wave = await asyncio.gather(*(client.get(QUOTE.format(f"S{i}")) for i in range(10)))
     statuses = sorted(r.status_code for r in trial_wave)
     assert statuses == [200] + [503] * 9, statuses
-    assert fake.count(QUOTE_PATH) == 4  # exactly one trial went through
+    assert fake.count(SNAPSHOT_PATH) == 4  # exactly one trial went through
 
     after = await client.get(QUOTE.format("G"))  # the successful trial closed the breaker
-    assert after.status_code == 200 and fake.count(QUOTE_PATH) == 5
+    assert after.status_code == 200 and fake.count(SNAPSHOT_PATH) == 5
     metrics = (await client.get("/metrics")).text
     assert 'circuit_breaker_state{provider="alpaca-data"} 0.0' in metrics
 
 
 async def test_failed_trial_reopens_the_breaker(alpaca_app, fake: FakeProvider) -> None:
-    fake.on(QUOTE_PATH, Reply(500, {}))
+    fake.on(SNAPSHOT_PATH, Reply(500, {}))
     client = await alpaca_app(breaker_fail_max=2, breaker_reset_seconds=1)
     for symbol in ("A", "B"):
         assert_problem(await client.get(QUOTE.format(symbol)), 503)
     await asyncio.sleep(1.05)
     assert_problem(await client.get(QUOTE.format("C")), 503)  # the trial, failing
-    assert fake.count(QUOTE_PATH) == 3
+    assert fake.count(SNAPSHOT_PATH) == 3
     r, elapsed = await timed_get(client, QUOTE.format("D"))
     assert_problem(r, 503)
-    assert elapsed < 0.05 and fake.count(QUOTE_PATH) == 3
+    assert elapsed < 0.05 and fake.count(SNAPSHOT_PATH) == 3
 
 
 async def test_4xx_answers_do_not_open_the_breaker(alpaca_app, fake: FakeProvider) -> None:
-    fake.on(QUOTE_PATH, Reply(404, {"message": "not found"}))
+    fake.on(SNAPSHOT_PATH, Reply(404, {"message": "not found"}))
     client = await alpaca_app(breaker_fail_max=2)
     for _ in range(5):
         body = assert_problem(await client.get(QUOTE.format("NOPE")), 404)
         assert "NOPE" in body["detail"]
-    assert fake.count(QUOTE_PATH) == 5  # every one reached the provider: the breaker stayed closed
-    fake.on(QUOTE_PATH, alpaca_quote)
+    assert fake.count(SNAPSHOT_PATH) == 5  # every one reached the provider: the breaker stayed closed
+    fake.on(SNAPSHOT_PATH, alpaca_snapshot)
     assert (await client.get(QUOTE.format("NOPE"))).status_code == 200
 
 
@@ -207,28 +210,28 @@ async def test_4xx_answers_do_not_open_the_breaker(alpaca_app, fake: FakeProvide
 async def test_provider_429_is_honoured_stale_if_copy_else_503_with_its_reset(alpaca_app, fake: FakeProvider) -> None:
     client = await alpaca_app(market_data_cache_seconds=1)
     assert (await client.get(QUOTE.format("AAPL"))).status_code == 200
-    fake.on(QUOTE_PATH, Reply(429, {"message": "too many requests"}, headers={"Retry-After": "30"}))
+    fake.on(SNAPSHOT_PATH, Reply(429, {"message": "too many requests"}, headers={"Retry-After": "30"}))
     await asyncio.sleep(1.1)
 
     r = await client.get(QUOTE.format("AAPL"))
     assert r.status_code == 200 and r.headers["x-cache"] == "STALE"
-    assert fake.count(QUOTE_PATH) == 2  # a 30 s Retry-After is over the cap: no retry, no sleep
+    assert fake.count(SNAPSHOT_PATH) == 2  # a 30 s Retry-After is over the cap: no retry, no sleep
 
     r = await client.get(QUOTE.format("MSFT"))
     body = assert_problem(r, 503)
     assert 28 <= retry_after(r) <= 30
     assert "rate limit" in body["detail"]
-    assert fake.count(QUOTE_PATH) == 2  # no upstream call until the provider's reset
+    assert fake.count(SNAPSHOT_PATH) == 2  # no upstream call until the provider's reset
 
 
 async def test_alpaca_x_ratelimit_reset_epoch_is_honoured(alpaca_app, fake: FakeProvider) -> None:
     reset = int(time.time()) + 20
-    fake.on(QUOTE_PATH, Reply(429, {}, headers={"X-RateLimit-Reset": str(reset), "X-RateLimit-Remaining": "0"}))
+    fake.on(SNAPSHOT_PATH, Reply(429, {}, headers={"X-RateLimit-Reset": str(reset), "X-RateLimit-Remaining": "0"}))
     client = await alpaca_app()
     r = await client.get(QUOTE.format("AAPL"))
     assert_problem(r, 503)
     assert 18 <= retry_after(r) <= 21
-    assert fake.count(QUOTE_PATH) == 1
+    assert fake.count(SNAPSHOT_PATH) == 1
 
 
 # --------------------------------------------------------------------------- parsing and pagination
@@ -275,83 +278,125 @@ async def test_empty_bars_from_alpaca_is_an_empty_list(alpaca_app, fake: FakePro
 
 
 async def test_unparseable_provider_answer_is_503_not_500(alpaca_app, fake: FakeProvider) -> None:
-    fake.on(QUOTE_PATH, Reply(body=b"<html>oops</html>"))
+    fake.on(SNAPSHOT_PATH, Reply(body=b"<html>oops</html>"))
     client = await alpaca_app()
     assert_problem(await client.get(QUOTE.format("AAPL")), 503)
-    fake.on(QUOTE_PATH, Reply(json={"symbol": "AAPL", "quote": {"t": "yesterday", "ap": 1, "bp": 1}}))
+    fake.on(SNAPSHOT_PATH, Reply(json={"symbol": "AAPL", "latestQuote": {"t": "yesterday", "ap": 1, "bp": 1}}))
+    assert_problem(await client.get(QUOTE.format("AAPL")), 503)
+    fake.on(SNAPSHOT_PATH, lambda req: alpaca_snapshot(req, trade={**LATEST_TRADE, "p": "NaN"}))
     assert_problem(await client.get(QUOTE.format("AAPL")), 503)
 
 
 async def test_refused_credentials_answer_503_and_do_not_open_the_breaker(alpaca_app, fake: FakeProvider) -> None:
-    fake.on(QUOTE_PATH, Reply(401, {"message": "unauthorized."}))
+    fake.on(SNAPSHOT_PATH, Reply(401, {"message": "unauthorized."}))
     client = await alpaca_app(breaker_fail_max=2)
     for _ in range(3):
         assert_problem(await client.get(QUOTE.format("AAPL")), 503)
-    assert fake.count(QUOTE_PATH) == 3
+    assert fake.count(SNAPSHOT_PATH) == 3
 
 
-async def test_missing_last_trade_gives_null_last(alpaca_app, fake: FakeProvider) -> None:
-    fake.on(TRADE_PATH, Reply(404, {"message": "not found"}))
+async def test_quote_maps_the_snapshot_in_one_request(alpaca_app, fake: FakeProvider) -> None:
+    client = await alpaca_app()
+    r = await client.get(QUOTE.format("MSFT"))
+    assert r.status_code == 200, r.text
+    # bid/ask from latestQuote (bp/ap), last from latestTrade (p); the quote (15:30:00.123456789) is newer
+    # than the trade (15:29:59.5), so it gives the timestamp (nanoseconds cut to microseconds).
+    assert r.json() == {"symbol": "MSFT", "bid": "189.95", "ask": "190.05", "last": "190.01",
+                        "timestamp": "2024-01-02T15:30:00.123456Z"}
+    assert [req.path for req in fake.requests] == ["/v2/stocks/MSFT/snapshot"]
+
+
+async def test_timestamp_is_the_newer_of_quote_and_trade(alpaca_app, fake: FakeProvider) -> None:
+    fake.on(SNAPSHOT_PATH, lambda req: alpaca_snapshot(req, trade={**LATEST_TRADE, "t": "2024-01-02T15:30:01.25Z"}))
+    client = await alpaca_app()
+    body = (await client.get(QUOTE.format("AAPL"))).json()
+    assert body["timestamp"] == "2024-01-02T15:30:01.250000Z" and body["last"] == "190.01"
+    assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("trade", [None, {**LATEST_TRADE, "p": None}])
+async def test_missing_latest_trade_gives_null_last(alpaca_app, fake: FakeProvider, trade) -> None:
+    fake.on(SNAPSHOT_PATH, lambda req: alpaca_snapshot(req, trade=trade))
     client = await alpaca_app()
     r = await client.get(QUOTE.format("AAPL"))
-    assert r.status_code == 200 and r.json()["last"] is None
+    assert r.status_code == 200, r.text
+    assert r.json()["last"] is None
+    assert r.json()["timestamp"] == "2024-01-02T15:30:00.123456Z"  # the quote's
+    assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("reply", [
+    Reply(404, {"message": "not found"}),
+    Reply(422, {"message": "invalid symbol: ZZZZ"}),
+    Reply(json={"symbol": "ZZZZ", "latestTrade": None, "latestQuote": None, "minuteBar": None,
+                "dailyBar": None, "prevDailyBar": None}),
+    Reply(json={"symbol": "ZZZZ", "latestTrade": LATEST_TRADE, "latestQuote": {**LATEST_QUOTE, "bp": None}}),
+], ids=["404", "422-invalid-symbol", "empty-snapshot", "no-bid"])
+async def test_unknown_symbol_or_no_quote_is_404(alpaca_app, fake: FakeProvider, reply: Reply) -> None:
+    fake.on(SNAPSHOT_PATH, reply)
+    client = await alpaca_app(breaker_fail_max=1)
+    body = assert_problem(await client.get(QUOTE.format("ZZZZ")), 404)
+    assert "ZZZZ" in body["detail"]
+    assert len(fake.requests) == 1
+    fake.on(SNAPSHOT_PATH, alpaca_snapshot)  # not a failure: the breaker (1 failure opens it) stayed closed
+    assert (await client.get(QUOTE.format("AAPL"))).status_code == 200
 
 
 # --------------------------------------------------------------------------- shared state through Redis
 @pytest.mark.redis
 async def test_single_flight_and_cache_shared_across_two_instances(alpaca_app, fake: FakeProvider) -> None:
-    fake.on(QUOTE_PATH, lambda req: Reply(**{**alpaca_quote(req).__dict__, "delay": 0.3}))
+    fake.on(SNAPSHOT_PATH, slow_snapshot(0.3))
     one = await alpaca_app(use_redis=True)
     two = await alpaca_app(use_redis=True)
     responses = await asyncio.gather(*(c.get(QUOTE.format("AAPL")) for c in [one, two] * 25))
     assert {r.status_code for r in responses} == {200}
     assert len({r.text for r in responses}) == 1
-    assert fake.count(QUOTE_PATH) == 1 and fake.count(TRADE_PATH) == 1
+    assert len(fake.requests) == 1
 
     # A copy fetched by one instance is a HIT on the other.
     assert (await one.get(QUOTE.format("IBM"))).headers["x-cache"] == "MISS"
     r = await two.get(QUOTE.format("IBM"))
-    assert r.headers["x-cache"] == "HIT" and fake.count(QUOTE_PATH) == 2
+    assert r.headers["x-cache"] == "HIT" and len(fake.requests) == 2
 
 
 @pytest.mark.redis
 async def test_leader_failure_is_shared_with_waiting_instances(alpaca_app, fake: FakeProvider) -> None:
-    fake.on(QUOTE_PATH, Reply(500, {}, delay=0.3))
+    fake.on(SNAPSHOT_PATH, Reply(500, {}, delay=0.3))
     one = await alpaca_app(use_redis=True, breaker_fail_max=50)
     two = await alpaca_app(use_redis=True, breaker_fail_max=50)
     responses = await asyncio.gather(*(c.get(QUOTE.format("AAPL")) for c in [one, two] * 10))
     assert {r.status_code for r in responses} == {503}
-    assert fake.count(QUOTE_PATH) == 1  # the other instance waited for the leader's outcome
+    assert fake.count(SNAPSHOT_PATH) == 1  # the other instance waited for the leader's outcome
 
 
 @pytest.mark.redis
 async def test_unknown_symbol_is_asked_once_across_instances(alpaca_app, fake: FakeProvider) -> None:
-    fake.on(QUOTE_PATH, Reply(404, {"message": "not found"}, delay=0.3))
+    fake.on(SNAPSHOT_PATH, Reply(404, {"message": "not found"}, delay=0.3))
     one = await alpaca_app(use_redis=True)
     two = await alpaca_app(use_redis=True)
     responses = await asyncio.gather(*(c.get(QUOTE.format("NOPE")) for c in [one, two] * 10))
     assert {r.status_code for r in responses} == {404}
-    assert fake.count(QUOTE_PATH) == 1
+    assert fake.count(SNAPSHOT_PATH) == 1
 
 
 @pytest.mark.redis
 async def test_breaker_state_shared_across_two_instances(alpaca_app, fake: FakeProvider) -> None:
-    fake.on(QUOTE_PATH, Reply(500, {}))
+    fake.on(SNAPSHOT_PATH, Reply(500, {}))
     one = await alpaca_app(use_redis=True, breaker_fail_max=3, breaker_reset_seconds=1)
     two = await alpaca_app(use_redis=True, breaker_fail_max=3, breaker_reset_seconds=1)
     for symbol in ("A", "B", "C"):
         assert_problem(await one.get(QUOTE.format(symbol)), 503)
-    assert fake.count(QUOTE_PATH) == 3
+    assert fake.count(SNAPSHOT_PATH) == 3
     r, elapsed = await timed_get(two, QUOTE.format("D"))
     assert_problem(r, 503)
     assert elapsed < 0.05 and retry_after(r) == 1
-    assert fake.count(QUOTE_PATH) == 3
+    assert fake.count(SNAPSHOT_PATH) == 3
 
     await asyncio.sleep(1.05)
-    fake.on(QUOTE_PATH, lambda req: Reply(**{**alpaca_quote(req).__dict__, "delay": 0.3}))
+    fake.on(SNAPSHOT_PATH, slow_snapshot(0.3))
     wave = await asyncio.gather(*(c.get(QUOTE.format(f"T{i}")) for i, c in enumerate([one, two] * 5)))
     assert sorted(r.status_code for r in wave) == [200] + [503] * 9
-    assert fake.count(QUOTE_PATH) == 4  # one trial across both instances
+    assert fake.count(SNAPSHOT_PATH) == 4  # one trial across both instances
     assert (await two.get(QUOTE.format("E"))).status_code == 200
     assert (await one.get(QUOTE.format("F"))).status_code == 200
 
@@ -361,13 +406,13 @@ async def test_redis_down_falls_back_to_local_state_never_500(alpaca_app, fake: 
     first = await client.get(QUOTE.format("AAPL"))
     assert first.status_code == 200 and first.headers["x-cache"] == "MISS"
     assert (await client.get(QUOTE.format("AAPL"))).headers["x-cache"] == "HIT"
-    fake.on(QUOTE_PATH, Reply(500, {}))
+    fake.on(SNAPSHOT_PATH, Reply(500, {}))
     for symbol in ("A", "B"):
         assert_problem(await client.get(QUOTE.format(symbol)), 503)
-    calls = fake.count(QUOTE_PATH)
+    calls = fake.count(SNAPSHOT_PATH)
     r, elapsed = await timed_get(client, QUOTE.format("C"))
     assert_problem(r, 503)
-    assert fake.count(QUOTE_PATH) == calls and elapsed < 0.05
+    assert fake.count(SNAPSHOT_PATH) == calls and elapsed < 0.05
     metrics = (await client.get("/metrics")).text
     assert 'shared_state_fallbacks_total{component="breaker"}' in metrics
     assert 'shared_state_fallbacks_total{component="cache"}' in metrics

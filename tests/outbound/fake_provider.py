@@ -176,29 +176,43 @@ class FakeProvider:
 
 
 # ---------------------------------------------------------------------- Alpaca Market Data v2 shapes
-QUOTE_PATH = r"/v2/stocks/([A-Z0-9.]+)/quotes/latest"
-TRADE_PATH = r"/v2/stocks/([A-Z0-9.]+)/trades/latest"
+SNAPSHOT_PATH = r"/v2/stocks/([A-Z0-9.]+)/snapshot"
 BARS_PATH = r"/v2/stocks/([A-Z0-9.]+)/bars"
+
+# Alpaca Market Data v2 ``GET /v2/stocks/{symbol}/snapshot`` (single symbol): the symbol at the top level
+# next to latestTrade, latestQuote, minuteBar, dailyBar, prevDailyBar (each may be null).
+LATEST_QUOTE = {"t": "2024-01-02T15:30:00.123456789Z", "ax": "V", "ap": 190.05, "as": 3, "bx": "V",
+                "bp": 189.95, "bs": 2, "c": ["R"], "z": "C"}
+LATEST_TRADE = {"t": "2024-01-02T15:29:59.5Z", "x": "V", "p": 190.01, "s": 100, "c": ["@"], "i": 52983525029461,
+                "z": "C"}
 
 
 def symbol_of(request: Recorded) -> str:
     return request.path.split("/")[3]
 
 
-def alpaca_quote(request: Recorded) -> Reply:
-    return Reply(json={
-        "symbol": symbol_of(request),
-        "quote": {"t": "2024-01-02T15:30:00.123456789Z", "ax": "V", "ap": 190.05, "as": 3, "bx": "V",
-                  "bp": 189.95, "bs": 2, "c": ["R"], "z": "C"},
-    })
+def snapshot_body(symbol: str, *, quote: dict[str, Any] | None = LATEST_QUOTE,
+                  trade: dict[str, Any] | None = LATEST_TRADE) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "latestTrade": trade,
+        "latestQuote": quote,
+        "minuteBar": {"t": "2024-01-02T15:29:00Z", "o": 190.0, "h": 190.1, "l": 189.9, "c": 190.01, "v": 3746,
+                      "n": 57, "vw": 190.02},
+        "dailyBar": {"t": "2024-01-02T05:00:00Z", "o": 187.15, "h": 188.44, "l": 183.89, "c": 185.64,
+                     "v": 82488674, "n": 1009074, "vw": 185.9465},
+        "prevDailyBar": {"t": "2023-12-29T05:00:00Z", "o": 193.9, "h": 194.4, "l": 191.73, "c": 192.53,
+                         "v": 42628802, "n": 535962, "vw": 192.863},
+    }
 
 
-def alpaca_trade(request: Recorded) -> Reply:
-    return Reply(json={
-        "symbol": symbol_of(request),
-        "trade": {"t": "2024-01-02T15:29:59.5Z", "x": "V", "p": 190.01, "s": 100, "c": ["@"], "i": 52983525029461,
-                  "z": "C"},
-    })
+def alpaca_snapshot(request: Recorded, **parts: Any) -> Reply:
+    return Reply(json=snapshot_body(symbol_of(request), **parts))
+
+
+def slow_snapshot(delay: float) -> Callable[[Recorded], Reply]:
+    """A snapshot answered after ``delay`` seconds (keeps concurrent misses in flight together)."""
+    return lambda request: Reply(json=snapshot_body(symbol_of(request)), delay=delay)
 
 
 def alpaca_bars(page_size: int = 1000) -> Callable[[Recorded], Reply]:
@@ -221,4 +235,4 @@ def alpaca_bars(page_size: int = 1000) -> Callable[[Recorded], Reply]:
 
 
 def serve_alpaca(fake: FakeProvider, *, page_size: int = 1000) -> FakeProvider:
-    return fake.on(QUOTE_PATH, alpaca_quote).on(TRADE_PATH, alpaca_trade).on(BARS_PATH, alpaca_bars(page_size))
+    return fake.on(SNAPSHOT_PATH, alpaca_snapshot).on(BARS_PATH, alpaca_bars(page_size))

@@ -1,9 +1,12 @@
 """Alpaca Market Data API v2 over the shared outbound layer (timeouts, retries, breaker, metrics).
 
-* Quote: ``GET /v2/stocks/{symbol}/quotes/latest`` → ``{"symbol", "quote": {"t", "ap", "as", "ax", "bp", "bs",
-  "bx", "c", "z"}}`` gives bid/ask; ``GET /v2/stocks/{symbol}/trades/latest`` → ``{"symbol", "trade": {"t", "p",
-  "s", …}}`` gives ``last`` (the quote endpoint carries no trade price). The two run one after the other under
-  one deadline, so a half-open breaker's single trial is the first of them.
+* Quote: ONE request, ``GET /v2/stocks/{symbol}/snapshot`` → ``{"symbol", "latestTrade": {"t", "x", "p", "s",
+  "c", "i", "z"}, "latestQuote": {"t", "ax", "ap", "as", "bx", "bp", "bs", "c", "z"}, "minuteBar", "dailyBar",
+  "prevDailyBar"}`` (each part may be null). bid/ask are ``latestQuote.bp``/``.ap``; ``last`` is
+  ``latestTrade.p`` (``None`` when Alpaca reports no trade); ``timestamp`` is the newer of ``latestQuote.t``
+  and ``latestTrade.t`` — the time of the most recent event the answer reflects. One request per cache miss
+  keeps the provider's rate budget to one unit per quote, and a half-open breaker's single trial is that
+  request. No ``latestQuote`` (no bid/ask to give) is answered like an unknown symbol.
 * Bars: ``GET /v2/stocks/{symbol}/bars?timeframe=&start=&end=&limit=&page_token=`` →
   ``{"symbol", "bars": [{"t", "o", "h", "l", "c", "v", "n", "vw"}] | null, "next_page_token": str | null}``;
   pages are followed until ``limit`` bars or no token, all under one deadline.
@@ -46,19 +49,22 @@ class AlpacaMarketData:
     # ------------------------------------------------------------------ quotes
     async def latest_quote(self, symbol: str) -> Quote:
         ends_at = time.monotonic() + self.client.deadline
-        body = await self._get_json(f"/v2/stocks/{symbol}/quotes/latest", symbol, ends_at)
-        quote = body.get("quote")
+        body = await self._get_json(f"/v2/stocks/{symbol}/snapshot", symbol, ends_at)
+        quote = body.get("latestQuote")
         if not isinstance(quote, dict) or quote.get("bp") is None or quote.get("ap") is None:
             raise NotFound(f"No quote for {symbol}.")
-        trade_body = await self._get_json(f"/v2/stocks/{symbol}/trades/latest", symbol, ends_at, missing_ok=True)
-        trade = trade_body.get("trade") if trade_body else None
-        last = _decimal(trade.get("p"), "trade.p") if isinstance(trade, dict) and trade.get("p") is not None else None
+        timestamp = _time(quote.get("t"), "latestQuote.t")
+        last: Decimal | None = None
+        trade = body.get("latestTrade")
+        if isinstance(trade, dict) and trade.get("p") is not None:
+            last = _decimal(trade["p"], "latestTrade.p")
+            timestamp = max(timestamp, _time(trade.get("t"), "latestTrade.t"))
         return Quote(
             symbol=symbol,
-            bid=_decimal(quote["bp"], "quote.bp"),
-            ask=_decimal(quote["ap"], "quote.ap"),
+            bid=_decimal(quote["bp"], "latestQuote.bp"),
+            ask=_decimal(quote["ap"], "latestQuote.ap"),
             last=last,
-            timestamp=_time(quote.get("t"), "quote.t"),
+            timestamp=timestamp,
         )
 
     # ------------------------------------------------------------------ bars
@@ -93,16 +99,14 @@ class AlpacaMarketData:
         return None  # the client belongs to app.core.http.Outbound, which closes it
 
     # ------------------------------------------------------------------ plumbing
-    async def _get_json(self, path: str, symbol: str, ends_at: float, *, params: dict[str, Any] | None = None,
-                        missing_ok: bool = False) -> dict[str, Any]:
+    async def _get_json(self, path: str, symbol: str, ends_at: float, *,
+                        params: dict[str, Any] | None = None) -> dict[str, Any]:
         remaining = ends_at - time.monotonic()
         if remaining <= 0:
             raise UpstreamTimeout(self.client.provider, seconds=self.client.deadline)
         response = await self.client.get(path, params=params, deadline=remaining)
         status = response.status_code
         if status == 404 or (status in (400, 422) and "symbol" in _reason(response).lower()):
-            if missing_ok:
-                return {}
             raise NotFound(f"The market-data provider knows no symbol {symbol}.")
         if status >= 400:
             # Our credentials or our request were refused: nothing the client can fix. Logged loudly; answered
