@@ -27,6 +27,7 @@ from app.core.observability import configure_logging, mark_worker_stopped, prune
 from app.core.ratelimit import RateLimiter
 from app.core.redisconn import close_redis, connect_redis
 from app.core.security import PasswordHashing
+from app.ops.docs import router as docs_router
 from app.ops.router import router as ops_router
 from app.providers.market_data import build_market_data
 from app.providers.oauth import build_broker_oauth
@@ -91,10 +92,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Trading backend: accounts, orders, billing, broker linking, market data, alerts, quant tools.",
         lifespan=lifespan,
+        # Served by app/ops/docs.py instead, behind the default rate limit.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(ops_router)
+    app.include_router(docs_router)
     app.include_router(api_router)
 
     # add_middleware wraps: the last one added is the outermost.

@@ -249,3 +249,16 @@ async def test_limiter_probes_once_after_cooldown_and_recovers_when_redis_answer
             assert remaining == 0
         finally:
             await limiter.close()
+
+
+async def test_docs_are_served_and_rate_limited_like_every_route(make_client) -> None:
+    client = await make_client(rate_limit_default="3/minute")
+    spec = await client.get("/openapi.json")
+    assert spec.status_code == 200 and "/v1/auth/login" in spec.json()["paths"]
+    assert "/openapi.json" not in spec.json()["paths"]
+    docs = await client.get("/docs")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text and "/openapi.json" in docs.text
+    assert (await client.get("/redoc")).status_code == 200
+    refused = await client.get("/docs")
+    assert refused.status_code == 429 and refused.headers["retry-after"]
+    assert (await client.get("/healthz")).status_code == 200  # still exempt
