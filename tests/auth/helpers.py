@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 
 from tests.support import db as dbsupport
+from tests.support.problems import assert_problem  # noqa: F401 (re-exported for tests)
 
 PASSWORD = "correct horse battery staple"
 _counter = itertools.count(1)
@@ -58,17 +59,6 @@ async def fetch(database_url: str, query: str, *args: Any) -> list[asyncpg.Recor
 async def user_row(database_url: str, user_id: str) -> asyncpg.Record | None:
     rows = await fetch(database_url, "SELECT * FROM users WHERE id = $1::uuid", user_id)
     return rows[0] if rows else None
-
-
-def assert_problem(r: httpx.Response, status: int) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["status"] == status
-    for key in ("type", "title", "detail"):
-        assert isinstance(body[key], str) and body[key]
-    assert body["request_id"] == r.headers["x-request-id"]
-    return body
 
 
 def error_fields(r: httpx.Response) -> set[str]:

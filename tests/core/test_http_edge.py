@@ -9,20 +9,10 @@ import asyncpg
 import httpx
 
 from tests.support import db as dbsupport
+from tests.support.problems import assert_problem
 from tests.support.routes import router as support_router
 
 ALLOWED = "http://localhost:3000"
-
-
-def assert_problem(r: httpx.Response, status: int) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["status"] == status
-    for key in ("type", "title", "detail"):
-        assert isinstance(body[key], str) and body[key]
-    assert body["request_id"] == r.headers["x-request-id"]
-    return body
 
 
 async def test_preflight_from_frontend_origin_allowed(client: httpx.AsyncClient) -> None:
