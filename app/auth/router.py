@@ -44,8 +44,9 @@ async def login(body: LoginRequest, request: Request, session: SessionDep, setti
     the password, so the right password after the limit trips is still refused (429).
     """
     email_key = service.login_key(body.email)
-    await enforce(request, settings.rate_limit_login, "login-ip", client_ip(request))
-    await enforce(request, settings.rate_limit_login, "login-email", hashed(email_key))
+    # Brute-force protection never switches off: if Redis fails, these are enforced per process.
+    await enforce(request, settings.rate_limit_login, "login-ip", client_ip(request), local_fallback=True)
+    await enforce(request, settings.rate_limit_login, "login-email", hashed(email_key), local_fallback=True)
     user_id = await service.authenticate(session=session, passwords=passwords, email_key=email_key,
                                          password=body.password)
     token = issue_access_token(user_id=user_id, settings=settings)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from fastapi import Request
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.util import await_
 
 from app.core.config import Settings
 from app.core.observability import DB_POOL_CHECKED_OUT, DB_POOL_OVERFLOW, DB_POOL_SIZE
@@ -42,8 +42,8 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout,
-        # Liveness is checked by _validate_idle_connections instead of pool_pre_ping: the asyncpg
-        # dialect's ping costs three round trips (BEGIN; SELECT; ROLLBACK) on *every* checkout.
+        # Pre-ping is done by _pre_ping (one bounded round trip) instead of SQLAlchemy's, which on
+        # asyncpg costs three round trips (BEGIN; SELECT; ROLLBACK) on every checkout.
         "pool_pre_ping": False,
         # Bound values never appear in exception messages, so no password hash, email or token can
         # reach a log line through a database error.
@@ -59,43 +59,8 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
     engine = create_async_engine(settings.sqlalchemy_database_url, **options)
     _instrument_pool(engine, settings)
     if not options["pool_pre_ping"]:
-        _validate_idle_connections(engine)
+        _pre_ping(engine)
     return engine
-
-
-# A connection returned to the pool less than this long ago is handed out without a check
-# (HikariCP's "alive bypass window"); an older one is pinged first and replaced if it is dead.
-VALIDATE_IF_IDLE_SECONDS = 1.0
-
-
-def _validate_idle_connections(engine: AsyncEngine) -> None:
-    """Check connections that sat idle before handing them out; under load nothing is added.
-
-    A dead connection found here is discarded and the pool connects again (DisconnectionError);
-    one that dies while busy raises a disconnect error, which invalidates the whole pool, so the
-    requests that follow get fresh connections.
-    """
-    pool = engine.sync_engine.pool
-
-    def checkin(dbapi_connection: Any, record: Any) -> None:
-        record.info["idle_since"] = time.monotonic()
-
-    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        idle_since = record.info.get("idle_since")
-        if idle_since is not None and time.monotonic() - idle_since < VALIDATE_IF_IDLE_SECONDS:
-            return
-        try:
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute("SELECT 1")
-            finally:
-                cursor.close()
-            dbapi_connection.rollback()
-        except Exception as exc:
-            raise sqlalchemy.exc.DisconnectionError("idle connection failed its liveness check") from exc
-
-    event.listen(pool, "checkin", checkin)
-    event.listen(pool, "checkout", checkout)
 
 
 def _instrument_pool(engine: AsyncEngine, settings: Settings) -> None:
@@ -109,6 +74,27 @@ def _instrument_pool(engine: AsyncEngine, settings: Settings) -> None:
     event.listen(pool, "checkout", _update)
     event.listen(pool, "checkin", _update)
     event.listen(pool, "close", _update)
+
+
+PING_TIMEOUT_SECONDS = 1.0
+
+
+def _pre_ping(engine: AsyncEngine) -> None:
+    """Pre-ping every checkout with ONE bounded round trip (``SELECT 1``, 1 s timeout).
+
+    SQLAlchemy's own ``pool_pre_ping`` on asyncpg costs three round trips (BEGIN; SELECT; ROLLBACK)
+    and is bounded only by the statement timeout. A dead or silent connection found here is
+    discarded and the pool connects again (DisconnectionError); one that dies while busy raises a
+    disconnect error, answered 503, and invalidates the pool so the requests after it reconnect.
+    """
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        try:
+            await_(proxy.driver_connection.fetchval("SELECT 1", timeout=PING_TIMEOUT_SECONDS))
+        except Exception as exc:
+            raise sqlalchemy.exc.DisconnectionError("pooled connection failed its pre-ping") from exc
+
+    event.listen(engine.sync_engine.pool, "checkout", checkout)
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

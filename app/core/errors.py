@@ -207,6 +207,19 @@ async def _pool_timeout_handler(request: Request, exc: sqlalchemy.exc.TimeoutErr
     )
 
 
+async def _dbapi_error_handler(request: Request, exc: sqlalchemy.exc.DBAPIError) -> JSONResponse:
+    if exc.connection_invalidated:
+        # The connection died under the request (database restart, failover, network cut). The pool
+        # has been invalidated, so a retry gets a fresh connection.
+        log_exception(log, "database connection lost", exc, path=request.url.path)
+        return problem_response(
+            503, detail="The database connection was lost; retry shortly.", slug="db-unavailable",
+            instance=request.url.path, headers={"Retry-After": "1"},
+        )
+    log_exception(log, "unhandled exception", exc)
+    return unhandled_problem()
+
+
 def log_exception(logger: logging.Logger, message: str, exc: BaseException, **extra: Any) -> None:
     """Log an unexpected exception without leaking data: a database error's message carries the
     offending values (PostgreSQL quotes them), so for those only the type, SQLSTATE and stack are kept."""
@@ -236,4 +249,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
     app.add_exception_handler(sqlalchemy.exc.TimeoutError, _pool_timeout_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(sqlalchemy.exc.DBAPIError, _dbapi_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unhandled_handler)

@@ -136,6 +136,18 @@ class RateLimiter:
             self.storage = storage_from_string("async+memory://")
             self.backend = "memory"
         self.strategy = SlidingWindowCounterRateLimiter(self.storage)  # type: ignore[arg-type]
+        # While the shared storage is failing, limits that must never switch off (login) are kept per
+        # process in memory instead of failing open.
+        self._local = SlidingWindowCounterRateLimiter(storage_from_string("async+memory://"))  # type: ignore[arg-type]
+
+    async def _hit_local(self, item: RateLimitItem, name: str, *identifiers: str) -> Decision:
+        allowed = await self._local.hit(item, name, *identifiers)
+        reset_at, remaining = await self._local.get_window_stats(item, name, *identifiers)
+        return Decision(allowed, item.amount, int(remaining), float(reset_at))
+
+    async def _without_storage(self, item: RateLimitItem, name: str, *identifiers: str,
+                               local_fallback: bool) -> Decision:
+        return await self._hit_local(item, name, *identifiers) if local_fallback else _unlimited(item)
 
     async def _hit_redis(self, item: RateLimitItem, name: str, *identifiers: str) -> Decision:
         key = item.key_for(name, *identifiers)
@@ -147,14 +159,17 @@ class RateLimiter:
         return window_decision(item, bool(acquired), int(prev_count), max(0.0, float(prev_ttl)) / 1000,
                                int(cur_count), max(0.0, float(cur_ttl)) / 1000)
 
-    async def hit(self, item: RateLimitItem, name: str, *identifiers: str) -> Decision:
-        """Consume one unit of ``item`` for the identifiers; never raises on storage failure."""
+    async def hit(self, item: RateLimitItem, name: str, *identifiers: str, local_fallback: bool = False) -> Decision:
+        """Consume one unit of ``item`` for the identifiers; never raises on storage failure.
+
+        When the storage fails the limit fails open, or — with ``local_fallback`` — is enforced per
+        process in memory until the storage answers again."""
         probe = False
         if self._skip_until:  # the storage failed recently
             now = time.monotonic()
             if now < self._skip_until:
                 RATE_LIMIT_SKIPPED.labels(name).inc()
-                return _unlimited(item)
+                return await self._without_storage(item, name, *identifiers, local_fallback=local_fallback)
             # Cooldown over: this request probes the storage; the others keep skipping until it answers.
             self._skip_until = now + self.cooldown
             probe = True
@@ -167,7 +182,7 @@ class RateLimiter:
                 decision = Decision(allowed, item.amount, int(remaining), float(reset_at))
         except Exception as exc:  # storage down or silent: fail open, loudly, and skip it for a while
             self._storage_failed(exc, name)
-            return _unlimited(item)
+            return await self._without_storage(item, name, *identifiers, local_fallback=local_fallback)
         if probe:
             self._skip_until = 0.0
             log.info("rate-limit storage answers again", extra={"limit": name, "backend": self.backend})
@@ -206,11 +221,13 @@ def _remember(request: Request, decision: Decision) -> None:
         request.scope[RATELIMIT_STATE_KEY] = decision
 
 
-async def enforce(request: Request, limit: str | RateLimitItem, name: str, *identifiers: str) -> Decision:
-    """Consume one unit; raise 429 problem+json when the limit is exhausted."""
+async def enforce(request: Request, limit: str | RateLimitItem, name: str, *identifiers: str,
+                  local_fallback: bool = False) -> Decision:
+    """Consume one unit; raise 429 problem+json when the limit is exhausted. ``local_fallback``: keep
+    enforcing per process if the shared storage fails (for limits that guard security, e.g. login)."""
     item = parse(limit) if isinstance(limit, str) else limit
     limiter: RateLimiter = request.app.state.limiter
-    decision = await limiter.hit(item, name, *identifiers)
+    decision = await limiter.hit(item, name, *identifiers, local_fallback=local_fallback)
     if not decision.allowed:
         route = route_template(request.scope)
         RATE_LIMIT_HITS.labels(route).inc()

@@ -135,3 +135,18 @@ async def test_successful_logins_carry_rate_limit_headers(make_client) -> None:
     r = await login(client, email)
     assert r.status_code == 200
     assert r.headers["x-ratelimit-limit"] == "5" and r.headers["x-ratelimit-remaining"] == "4"
+
+
+async def test_login_limits_hold_per_process_when_redis_is_down(make_client) -> None:
+    """The default limit fails open when Redis fails; the login limits must not: they fall back to
+    per-process counting (nothing listens on port 1, so every Redis call fails)."""
+    client = await make_client(rate_limit_login="5/minute", redis_url="redis://127.0.0.1:1/0")
+    email = unique_email("redis-down")
+    assert (await signup(client, email)).status_code == 201
+    for i in range(5):
+        async with peer(client, f"10.7.0.{i + 1}") as attacker:
+            assert (await login(attacker, email, WRONG)).status_code == 401
+    async with peer(client, "10.7.0.99") as owner:
+        _assert_429(await login(owner, email, PASSWORD))
+    metrics = (await client.get("/metrics")).text
+    assert 'rate_limit_storage_skipped_total{limit="login-email"}' in metrics  # served without Redis

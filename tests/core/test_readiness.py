@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy.engine import make_url
 
+from tests.support.routes import router as support_router
 from tests.support.tcpproxy import TcpProxy
 
 
@@ -37,27 +40,64 @@ async def test_readyz_503_when_database_unreachable_then_200_when_back(make_clie
 
 
 
-async def test_dead_idle_connections_are_replaced_before_use(make_client, database_url: str) -> None:
-    """A database restart kills pooled connections; the next request after they sat idle must not
-    fail on one (app/core/db.py validates connections idle for over VALIDATE_IF_IDLE_SECONDS)."""
-    import asyncio
-
-    from app.core import db as core_db
-
+def _proxy_for(database_url: str) -> tuple[TcpProxy, object]:
     url = make_url(database_url)
     socket_dir = (url.query.get("host") or None) if url.host is None else None
     if isinstance(socket_dir, tuple):
         socket_dir = socket_dir[0]
     proxy = TcpProxy(url.host, url.port or 5432,
                      upstream_socket=f"{socket_dir}/.s.PGSQL.{url.port or 5432}" if socket_dir else None)
+    return proxy, url
+
+
+async def test_dead_pooled_connections_are_replaced_before_use(make_client, database_url: str) -> None:
+    """A database restart kills pooled connections; the next request must not fail on one (the
+    pre-ping on checkout finds it dead and the pool connects again)."""
+    proxy, url = _proxy_for(database_url)
     await proxy.start()
     proxied = url.set(host="127.0.0.1", port=proxy.port, query={}).render_as_string(hide_password=False)
-    client = await make_client(database_url=proxied)
+    client = await make_client(database_url=proxied, routers=[support_router])
     try:
-        assert (await client.get("/readyz")).status_code == 200  # one pooled connection now exists
-        await proxy.stop()  # severs it, as a database restart would
+        assert (await client.get("/v1/_test/db-sleep", params={"seconds": 0})).status_code == 200
+        await proxy.stop()  # severs the pooled connection, as a database restart would
         await proxy.start()
-        await asyncio.sleep(core_db.VALIDATE_IF_IDLE_SECONDS + 0.2)  # let it count as idle
-        assert (await client.get("/readyz")).status_code == 200  # replaced, not used dead
+        assert (await client.get("/v1/_test/db-sleep", params={"seconds": 0})).status_code == 200
     finally:
         await proxy.stop()
+
+
+async def test_connection_lost_mid_request_is_503_not_500(make_client, database_url: str) -> None:
+    proxy, url = _proxy_for(database_url)
+    await proxy.start()
+    proxied = url.set(host="127.0.0.1", port=proxy.port, query={}).render_as_string(hide_password=False)
+    client = await make_client(database_url=proxied, routers=[support_router])
+    try:
+        slow = asyncio.create_task(client.get("/v1/_test/db-sleep", params={"seconds": 3}))
+        await _wait_until_running(database_url, "SELECT pg_sleep")  # the request's query is in flight
+        await proxy.stop()
+        r = await slow
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.headers["retry-after"] == "1"
+        await proxy.start()
+        assert (await client.get("/v1/_test/db-sleep", params={"seconds": 0})).status_code == 200
+    finally:
+        await proxy.stop()
+
+
+async def _wait_until_running(database_url: str, query_prefix: str) -> None:
+    """Poll pg_stat_activity (directly, not through the proxy) until a query is active; bounded."""
+    import asyncpg
+
+    from tests.support import db as dbsupport
+
+    conn = await asyncpg.connect(dbsupport.asyncpg_dsn(database_url))
+    try:
+        async with asyncio.timeout(10):
+            while not await conn.fetchval(  # noqa: ASYNC110 - polling another process's state
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1 || '%'",
+                query_prefix,
+            ):
+                await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
