@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from app.billing import service
 from app.billing.schemas import PaymentsPage, SubscriptionOut, WebhookAck
 from app.core.deps import CurrentUser, SessionDep, SettingsDep
-from app.core.errors import BadRequest, ServiceUnavailable
+from app.core.errors import BadRequest, ServiceUnavailable, Unprocessable
 from app.core.observability import WEBHOOK_EVENTS
 from app.providers.stripe import InvalidSignature, verify_event
 
@@ -40,8 +40,14 @@ async def stripe_webhook(
         WEBHOOK_EVENTS.labels("unknown", "bad_signature").inc()
         log.warning("stripe webhook refused", extra={"reason": str(exc)})
         raise BadRequest(f"Stripe signature verification failed: {exc}.") from None
-    outcome = await service.handle_event(sessionmaker=request.app.state.sessionmaker,
-                                         writer=request.app.state.billing_writer, event=event)
+    try:
+        outcome = await service.handle_event(sessionmaker=request.app.state.sessionmaker,
+                                             writer=request.app.state.billing_writer, event=event)
+    except service.UnprocessableEvent as exc:
+        raise Unprocessable(
+            f"Event {event.id} ({event.type}) cannot be applied: {exc.field} {exc.reason}. Nothing was "
+            "recorded; Stripe will redeliver.", errors=[{"field": exc.field, "message": exc.reason}],
+        ) from None
     return WebhookAck(received=True, duplicate=outcome == "duplicate")
 
 

@@ -59,6 +59,16 @@ def _period_end(obj: dict[str, Any]) -> dt.datetime | None:
     return end
 
 
+class UnprocessableEvent(Exception):
+    """A known event type whose payload we cannot apply. Nothing is recorded and the delivery is
+    refused (422), so Stripe keeps redelivering and the failure stays visible until someone acts —
+    a payment is never silently acknowledged and dropped."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field, self.reason = field, reason
+        super().__init__(f"{field}: {reason}")
+
+
 # Events that change account state read and lock that state: they run in a transaction. Every other
 # type's whole effect (a payment, or nothing) fits in one atomic statement (EventWriter).
 STATEFUL_TYPES = frozenset(
@@ -80,15 +90,18 @@ async def handle_event(*, sessionmaker: async_sessionmaker[AsyncSession], writer
                     outcome = "duplicate"
                 else:
                     outcome = "processed" if await _apply_stateful(repo, session, event, created) else "ignored"
-        elif event.type == "invoice.paid" and (payment := _payment(event, created)) is not None:
+        elif event.type == "invoice.paid":
             claimed, paid = await writer.claim_and_pay(event_id=event.id, type_=event.type, created=created,
-                                                       **payment)
+                                                       **_payment(event, created))
             outcome = "duplicate" if not claimed else "processed" if paid else "ignored"
         else:
-            if event.type == "invoice.paid":
-                log.warning("invoice.paid with missing or malformed fields", extra={"event_id": event.id})
             claimed = await writer.claim(event_id=event.id, type_=event.type, created=created)
             outcome = "ignored" if claimed else "duplicate"
+    except UnprocessableEvent as exc:
+        WEBHOOK_EVENTS.labels(event.type, "unprocessable").inc()
+        log.error("stripe event not applicable; refused, nothing recorded",
+                  extra={"event_id": event.id, "event_type": event.type, "field": exc.field, "reason": exc.reason})
+        raise
     except Exception:
         WEBHOOK_EVENTS.labels(event.type, "failed").inc()
         log.error("stripe event failed; nothing recorded, Stripe will redeliver",
@@ -99,14 +112,18 @@ async def handle_event(*, sessionmaker: async_sessionmaker[AsyncSession], writer
     return outcome
 
 
-def _payment(event: StripeEvent, created: dt.datetime) -> dict[str, Any] | None:
+def _payment(event: StripeEvent, created: dt.datetime) -> dict[str, Any]:
     obj = event.data_object
     customer, invoice_id = _customer_id(obj), obj.get("id")
     amount, currency = obj.get("amount_paid"), obj.get("currency")
-    if (customer is None or not isinstance(invoice_id, str) or not invoice_id or len(invoice_id) > 255
-            or not isinstance(amount, int) or isinstance(amount, bool) or amount < 0
-            or not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha()):
-        return None
+    if customer is None:
+        raise UnprocessableEvent("data.object.customer", "missing or not a customer id")
+    if not isinstance(invoice_id, str) or not invoice_id or len(invoice_id) > 255:
+        raise UnprocessableEvent("data.object.id", "missing or not an invoice id")
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+        raise UnprocessableEvent("data.object.amount_paid", "must be a non-negative integer (minor units)")
+    if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
+        raise UnprocessableEvent("data.object.currency", "must be a three-letter currency code")
     paid_at = _ts((obj.get("status_transitions") or {}).get("paid_at")) or created
     return {"invoice_id": invoice_id, "customer_id": customer, "amount_minor": amount,
             "currency": currency.lower(), "paid_at": paid_at}
@@ -121,12 +138,12 @@ async def _apply_stateful(repo: BillingRepository, session: AsyncSession, event:
             user_id = uuid.UUID(str(obj.get("client_reference_id")))
         except ValueError:
             user_id = None
-        if customer is None or user_id is None:
-            log.warning("checkout without customer or client_reference_id", extra={"event_id": event.id})
-            return False
+        if customer is None:
+            raise UnprocessableEvent("data.object.customer", "missing or not a customer id")
+        if user_id is None:
+            raise UnprocessableEvent("data.object.client_reference_id", "missing or not a user id")
         if (await session.execute(select(User.id).where(User.id == user_id))).scalar_one_or_none() is None:
-            log.warning("checkout for an unknown user", extra={"event_id": event.id})
-            return False
+            raise UnprocessableEvent("data.object.client_reference_id", "names no user")
         await repo.link_user(customer_id=customer, user_id=user_id)
         await _set_status(repo, event, customer, "active", created, None)
         return True
@@ -135,9 +152,10 @@ async def _apply_stateful(repo: BillingRepository, session: AsyncSession, event:
         customer, status = _customer_id(obj), obj.get("status")
         if event.type == "customer.subscription.deleted" and status not in SUBSCRIPTION_STATUSES:
             status = "canceled"
-        if customer is None or status not in SUBSCRIPTION_STATUSES:
-            log.warning("subscription event with missing or unknown status", extra={"event_id": event.id})
-            return False
+        if customer is None:
+            raise UnprocessableEvent("data.object.customer", "missing or not a customer id")
+        if status not in SUBSCRIPTION_STATUSES:
+            raise UnprocessableEvent("data.object.status", f"unknown subscription status {str(status)[:40]!r}")
         return await _set_status(repo, event, customer, status, created, _period_end(obj))
     return False
 

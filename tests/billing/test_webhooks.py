@@ -183,10 +183,63 @@ async def test_unknown_types_are_recorded_without_effect(client: httpx.AsyncClie
     assert await _fetch(database_url, "SELECT 1 FROM billing_accounts") == []
 
 
-async def test_checkout_for_unknown_user_is_recorded_without_effect(client: httpx.AsyncClient, database_url: str) -> None:
-    r = await _post(client, sf.checkout_completed("cus_U", str(uuid.uuid4())))
-    assert r.status_code == 200
+@pytest.mark.parametrize("make_event, field", [
+    (lambda: sf.checkout_completed("cus_U", str(uuid.uuid4())), "data.object.client_reference_id"),
+    (lambda: sf.checkout_completed("cus_U", "not-a-uuid"), "data.object.client_reference_id"),
+    (lambda: sf.invoice_paid("cus_M", "in_m", "19.99"), "data.object.amount_paid"),
+    (lambda: sf.invoice_paid("cus_M", "in_m", 1999, currency="dollars"), "data.object.currency"),
+    (lambda: sf.subscription("customer.subscription.updated", "cus_M", "exploded"), "data.object.status"),
+])
+async def test_known_types_that_cannot_be_applied_are_refused_not_dropped(
+    client: httpx.AsyncClient, database_url: str, make_event, field: str
+) -> None:
+    """A payment (or account change) we cannot apply must not be acknowledged and lost: 422, nothing
+    recorded, so Stripe keeps redelivering and the failure stays visible."""
+    evt = make_event()
+    for _ in range(2):  # a redelivery is refused the same way: nothing was recorded
+        r = await _post(client, evt)
+        assert r.status_code == 422, r.text
+        assert [e["field"] for e in r.json()["errors"]] == [field]
+    assert await _fetch(database_url, "SELECT 1 FROM stripe_events") == []
+    assert await _fetch(database_url, "SELECT 1 FROM payments") == []
     assert await _fetch(database_url, "SELECT 1 FROM billing_accounts") == []
+    metrics = (await client.get("/metrics")).text
+    assert f'webhook_events_total{{outcome="unprocessable",type="{evt["type"]}"}}' in metrics
+
+
+async def test_account_events_take_effect_once_under_concurrent_redelivery(client: httpx.AsyncClient,
+                                                                          database_url: str) -> None:
+    user_id, auth = await _signup(client)
+    now = int(time.time())
+    checkout = sf.checkout_completed("cus_CC", user_id, created=now - 10)
+    update = sf.subscription("customer.subscription.updated", "cus_CC", "past_due", created=now)
+    for evt in (checkout, update):
+        responses = await asyncio.gather(*(_post(client, evt) for _ in range(25)))
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+        assert [r.json()["duplicate"] for r in responses].count(False) == 1
+    assert len(await _fetch(database_url, "SELECT 1 FROM stripe_events")) == 2
+    assert (await client.get("/v1/billing/subscription", headers=auth)).json()["status"] == "past_due"
+
+
+async def test_failure_inside_an_account_event_records_nothing(client: httpx.AsyncClient, database_url: str) -> None:
+    user_id, auth = await _signup(client)
+    conn = await asyncpg.connect(dbsupport.asyncpg_dsn(database_url))
+    await conn.execute("""
+        CREATE FUNCTION injected_failure() RETURNS trigger AS $$
+        BEGIN RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql;
+        CREATE TRIGGER injected_failure BEFORE UPDATE ON billing_accounts FOR EACH ROW
+            EXECUTE FUNCTION injected_failure();
+    """)
+    evt = sf.checkout_completed("cus_AF", user_id)
+    try:
+        assert (await _post(client, evt)).status_code == 500
+        assert await _fetch(database_url, "SELECT 1 FROM stripe_events") == []
+        assert await _fetch(database_url, "SELECT 1 FROM billing_accounts") == []  # the insert rolled back too
+    finally:
+        await conn.execute("DROP TRIGGER injected_failure ON billing_accounts; DROP FUNCTION injected_failure();")
+        await conn.close()
+    assert (await _post(client, evt)).json()["duplicate"] is False
+    assert (await client.get("/v1/billing/subscription", headers=auth)).json()["status"] == "active"
 
 
 async def test_kill_switch_answers_503(make_client, database_url: str) -> None:
@@ -197,8 +250,8 @@ async def test_kill_switch_answers_503(make_client, database_url: str) -> None:
 
 
 async def test_failure_at_commit_records_nothing_and_is_counted(client: httpx.AsyncClient, database_url: str) -> None:
-    # A deferred constraint trigger fails at COMMIT, after the endpoint returned: the session
-    # dependency's commit fails, the answer is 500 and nothing (dedup record included) is kept.
+    # A deferred constraint trigger fails when the statement commits (autocommit: at its end): the
+    # answer is 500 and nothing — dedup record included — is kept.
     conn = await asyncpg.connect(dbsupport.asyncpg_dsn(database_url))
     await conn.execute("""
         CREATE FUNCTION injected_commit_failure() RETURNS trigger AS $$

@@ -143,3 +143,24 @@ async def test_database_errors_never_log_bound_values(make_client, capfd) -> Non
     assert "unhandled exception" in err  # the failure itself is logged, with its request id
     assert r.headers["x-request-id"] in err
     assert secret not in err + out + r.text
+
+
+async def test_failed_commit_is_reported_before_the_response(make_client, database_url: str) -> None:
+    """The session dependency commits before the response is sent (Depends(scope="function")): a
+    commit that fails — here a deferred constraint — answers 500, never a success that was not kept."""
+    client = await make_client(routers=[support_router])
+    conn = await asyncpg.connect(dbsupport.asyncpg_dsn(database_url))
+    await conn.execute("""
+        CREATE FUNCTION fail_at_commit() RETURNS trigger AS $$
+        BEGIN RAISE EXCEPTION 'refused at commit'; END $$ LANGUAGE plpgsql;
+        CREATE CONSTRAINT TRIGGER fail_at_commit AFTER INSERT ON users
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_at_commit();
+    """)
+    try:
+        r = await client.post("/v1/_test/write")
+        assert_problem(r, 500)
+        assert await conn.fetch("SELECT 1 FROM users") == []
+    finally:
+        await conn.execute("DROP TRIGGER fail_at_commit ON users; DROP FUNCTION fail_at_commit();")
+        await conn.close()
+    assert (await client.post("/v1/_test/write")).status_code == 200
