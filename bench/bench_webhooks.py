@@ -28,19 +28,22 @@ SECRET = "whsec_bench_0123456789abcdef"
 LUA = str(Path(__file__).resolve().parent / "webhook.lua")
 
 
-def write_events(path: Path, count: int, *, same_id: bool) -> None:
+def write_events(path: Path, count: int, *, same_id: bool, kind: str = "invoice.paid") -> None:
     now = int(time.time())
     header_ts = now
     fixed = f"evt_{uuid.uuid4().hex[:24]}"
     with path.open("w") as fh:
         for i in range(count):
             event_id = fixed if same_id else f"evt_{uuid.uuid4().hex[:24]}"
-            invoice = "in_fixed" if same_id else f"in_{i:09d}"
-            payload = json.dumps({
-                "id": event_id, "object": "event", "created": now, "type": "invoice.paid",
-                "data": {"object": {"object": "invoice", "id": invoice, "customer": f"cus_{i % 500:05d}",
-                                    "amount_paid": 1999, "currency": "usd"}},
-            }, separators=(",", ":"))
+            if kind == "invoice.paid":
+                invoice = "in_fixed" if same_id else f"in_{i:09d}"
+                obj = {"object": "invoice", "id": invoice, "customer": f"cus_{i % 500:05d}",
+                       "amount_paid": 1999, "currency": "usd"}
+            else:  # customer.subscription.updated: the transactional path (row lock, compare, update)
+                obj = {"object": "subscription", "id": f"sub_{i % 5000:05d}", "customer": f"cus_{i % 5000:05d}",
+                       "status": "active" if i % 2 else "past_due"}
+            payload = json.dumps({"id": event_id, "object": "event", "created": now - count + i, "type": kind,
+                                  "data": {"object": obj}}, separators=(",", ":"))
             sig = stripe.WebhookSignature.generate_signature_header(payload, SECRET, timestamp=header_ts)
             fh.write(f"{payload}\t{sig}\n")
 
@@ -54,15 +57,17 @@ def main() -> int:
                              DB_MAX_OVERFLOW="10")
     results = {}
     with tempfile.TemporaryDirectory() as tmp, serve("app.main:app", env) as base:
-        runs = (("unique event ids", False, args.connections),
-                ("same event id (duplicates)", True, args.connections),
-                ("unique event ids, 64 connections (reported)", False, 64))
-        for label, same, connections in runs:
-            path = Path(tmp) / f"events-{label[:6]}-{connections}.tsv"
+        runs = (("unique event ids", False, args.connections, "invoice.paid"),
+                ("same event id (duplicates)", True, args.connections, "invoice.paid"),
+                ("unique event ids, 64 connections (reported)", False, 64, "invoice.paid"),
+                ("unique event ids, transaction path (reported)", False, args.connections,
+                 "customer.subscription.updated"))
+        for label, same, connections, kind in runs:
+            path = Path(tmp) / f"events-{label[:6]}-{connections}-{kind}.tsv"
             # Enough distinct events that no id repeats within the run, even at 10k/s.
-            write_events(path, 1 if same else (args.duration + 3) * 12_000, same_id=same)
+            write_events(path, 1 if same else (args.duration + 3) * 12_000, same_id=same, kind=kind)
             os.environ["WEBHOOK_FILE"], os.environ["WRK_THREADS"] = str(path), "2"
-            results[label] = run_wrk(f"{label} [{connections} conns]", base + "/v1/webhooks/stripe",
+            results[label] = run_wrk(f"{kind}: {label} [{connections} conns]", base + "/v1/webhooks/stripe",
                                      connections=connections, duration=args.duration, script=LUA, warmup=0)
     print("| deliveries | events/s | p50 ms | p99 ms | non-2xx | socket errors |")
     print("|---|---|---|---|---|---|")

@@ -70,7 +70,7 @@ BODY_TOO_LARGE = Counter("http_request_body_too_large_total", "Requests refused 
 UNHANDLED_ERRORS = Counter("http_unhandled_exceptions_total", "Unexpected exceptions answered with 500.")
 WEBHOOK_EVENTS = Counter(
     "webhook_events_total", "Stripe webhook deliveries by event type and outcome "
-    "(processed, ignored, duplicate, bad_signature, failed, disabled).", ["type", "outcome"],
+    "(processed, ignored, duplicate, bad_signature, unprocessable, failed, disabled).", ["type", "outcome"],
 )
 PASSWORD_HASH_DURATION = Histogram(
     "password_hash_duration_seconds",
