@@ -10,17 +10,20 @@ from tests.support.routes import router as support_router
 from tests.support.tcpproxy import TcpProxy
 
 
-async def test_readyz_503_when_database_unreachable_then_200_when_back(make_client, database_url: str) -> None:
+async def _proxied(database_url: str) -> tuple[TcpProxy, str]:
+    """A started loopback proxy in front of the test database (TCP or unix socket), and its URL."""
     url = make_url(database_url)
     socket_dir = (url.query.get("host") or None) if url.host is None else None
     if isinstance(socket_dir, tuple):
         socket_dir = socket_dir[0]
-    proxy = TcpProxy(
-        url.host, url.port or 5432,
-        upstream_socket=f"{socket_dir}/.s.PGSQL.{url.port or 5432}" if socket_dir else None,
-    )
+    proxy = TcpProxy(url.host, url.port or 5432,
+                     upstream_socket=f"{socket_dir}/.s.PGSQL.{url.port or 5432}" if socket_dir else None)
     await proxy.start()
-    proxied = url.set(host="127.0.0.1", port=proxy.port, query={}).render_as_string(hide_password=False)
+    return proxy, url.set(host="127.0.0.1", port=proxy.port, query={}).render_as_string(hide_password=False)
+
+
+async def test_readyz_503_when_database_unreachable_then_200_when_back(make_client, database_url: str) -> None:
+    proxy, proxied = await _proxied(database_url)
     client = await make_client(database_url=proxied)
     try:
         assert (await client.get("/readyz")).status_code == 200
@@ -40,22 +43,10 @@ async def test_readyz_503_when_database_unreachable_then_200_when_back(make_clie
 
 
 
-def _proxy_for(database_url: str) -> tuple[TcpProxy, object]:
-    url = make_url(database_url)
-    socket_dir = (url.query.get("host") or None) if url.host is None else None
-    if isinstance(socket_dir, tuple):
-        socket_dir = socket_dir[0]
-    proxy = TcpProxy(url.host, url.port or 5432,
-                     upstream_socket=f"{socket_dir}/.s.PGSQL.{url.port or 5432}" if socket_dir else None)
-    return proxy, url
-
-
 async def test_dead_pooled_connections_are_replaced_before_use(make_client, database_url: str) -> None:
     """A database restart kills pooled connections; the next request must not fail on one (the
     pre-ping on checkout finds it dead and the pool connects again)."""
-    proxy, url = _proxy_for(database_url)
-    await proxy.start()
-    proxied = url.set(host="127.0.0.1", port=proxy.port, query={}).render_as_string(hide_password=False)
+    proxy, proxied = await _proxied(database_url)
     client = await make_client(database_url=proxied, routers=[support_router])
     try:
         assert (await client.get("/v1/_test/db-sleep", params={"seconds": 0})).status_code == 200
@@ -67,9 +58,7 @@ async def test_dead_pooled_connections_are_replaced_before_use(make_client, data
 
 
 async def test_connection_lost_mid_request_is_503_not_500(make_client, database_url: str) -> None:
-    proxy, url = _proxy_for(database_url)
-    await proxy.start()
-    proxied = url.set(host="127.0.0.1", port=proxy.port, query={}).render_as_string(hide_password=False)
+    proxy, proxied = await _proxied(database_url)
     client = await make_client(database_url=proxied, routers=[support_router])
     try:
         slow = asyncio.create_task(client.get("/v1/_test/db-sleep", params={"seconds": 3}))
