@@ -12,7 +12,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import bench_database_url, bench_settings_env, run_wrk, save, serve  # noqa: E402
+from bench.common import (  # noqa: E402
+    bench_database_url,
+    bench_settings_env,
+    compare_full_to_bare,
+    run_wrk,
+    save,
+    serve,
+)
 
 
 def main() -> int:
@@ -32,16 +39,7 @@ def main() -> int:
             results.append(run_wrk(f"full stack /healthz (round {round_})", base + "/healthz",
                                    connections=args.connections, duration=args.duration))
 
-    bare = [r for r in results if r.label.startswith("bare")]
-    full = [r for r in results if r.label.startswith("full")]
-    bare_rps = sum(r.requests_per_s for r in bare) / len(bare)
-    full_rps = sum(r.requests_per_s for r in full) / len(full)
-    ratio = full_rps / bare_rps
-    p99 = max(r.p99_ms for r in full)
-    print("| server | req/s | p50 ms | p99 ms | non-2xx | socket errors |")
-    print("|---|---|---|---|---|---|")
-    for r in results:
-        print(r.row())
+    _, ratio, p99 = compare_full_to_bare(results)
     ok = ratio >= 0.60 and p99 < 25 and all(r.non_2xx == 0 for r in results)
     print(f"\nfull/bare requests/s ratio: {ratio:.2f} (target >= 0.60); full-stack worst p99 {p99:.2f} ms "
           f"(target < 25 ms) -> {'PASS' if ok else 'MISS'}")

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
     bench_database_url,
     bench_settings_env,
+    compare_full_to_bare,
     redis_url_if_reachable,
     run_wrk,
     save,
@@ -70,20 +71,11 @@ def main() -> int:
                 diagnostics.append(run_wrk(label, base + path, connections=args.connections,
                                            duration=args.duration))
 
-    bare = [r for r in results if r.label.startswith("bare")]
-    full = [r for r in results if r.label.startswith("full")]
-    bare_rps = sum(r.requests_per_s for r in bare) / len(bare)
-    full_rps = sum(r.requests_per_s for r in full) / len(full)
-    ratio = full_rps / bare_rps
-    p99 = max(r.p99_ms for r in full)
-    print("| server | req/s | p50 ms | p99 ms | non-2xx | socket errors |")
-    print("|---|---|---|---|---|---|")
-    for r in results + diagnostics:
-        print(r.row())
+    full_rps, ratio, p99 = compare_full_to_bare(results, diagnostics)
     ok = full_rps >= TARGET_RPS and p99 < TARGET_P99_MS and all(r.non_2xx == 0 and r.errors == 0 for r in results)
     print(f"\nfull stack {full_rps:,.0f} req/s (target >= {TARGET_RPS:,}); worst p99 {p99:.2f} ms "
           f"(target < {TARGET_P99_MS} ms); full/bare ratio {ratio:.2f} -> {'PASS' if ok else 'MISS'}")
-    save("market", {"results": results, "diagnostics": diagnostics, "full_rps": full_rps, "bare_rps": bare_rps, "ratio": ratio,
+    save("market", {"results": results, "diagnostics": diagnostics, "full_rps": full_rps, "ratio": ratio,
                     "p99_ms": p99, "pass": ok})
     return 0 if ok else 1
 

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -125,6 +125,21 @@ def run_wrk(label: str, url: str, *, connections: int = 64, threads: int = 2, du
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return WrkResult(label, rps, p50, p99, int(non2xx.group(1)) if non2xx else 0,
                      sum(int(g) for g in errs.groups()) if errs else 0)
+
+
+TABLE_HEADER = "| server | req/s | p50 ms | p99 ms | non-2xx | socket errors |\n|---|---|---|---|---|---|"
+
+
+def compare_full_to_bare(results: list[WrkResult], extra_rows: Sequence[WrkResult] = ()) -> tuple[float, float, float]:
+    """Print the table of interleaved bare/full runs; return (mean full req/s, full/bare ratio, worst full p99)."""
+    bare = [r for r in results if r.label.startswith("bare")]
+    full = [r for r in results if r.label.startswith("full")]
+    bare_rps = sum(r.requests_per_s for r in bare) / len(bare)
+    full_rps = sum(r.requests_per_s for r in full) / len(full)
+    print(TABLE_HEADER)
+    for r in [*results, *extra_rows]:
+        print(r.row())
+    return full_rps, full_rps / bare_rps, max(r.p99_ms for r in full)
 
 
 def bench_settings_env(database_url: str, redis_url: str | None = None, **extra: str) -> dict[str, str]:
