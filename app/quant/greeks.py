@@ -171,6 +171,22 @@ def _check_finite(name: str, arr: np.ndarray) -> float:
     return lo
 
 
+
+def _market_args(spot: Any, strike: Any, t_years: Any, rate: Any, dividend_yield: Any
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """Convert and validate the arguments bs_greeks and implied_vol share; also the spot and strike minima."""
+    S = _as_float("spot", spot)
+    K = _as_float("strike", strike)
+    T = _as_float("t_years", t_years)
+    r = _as_float("rate", rate)
+    q = _as_float("dividend_yield", dividend_yield)
+    s_min = _check_nonneg("spot", S)
+    k_min = _check_nonneg("strike", K)
+    _check_finite("t_years", T)
+    _check_finite("rate", r)
+    _check_finite("dividend_yield", q)
+    return S, K, T, r, q, s_min, k_min
+
 def _flatten(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | float:
     """A Python float for single values (broadcast for free), else a flat C-contiguous array."""
     if arr.size == 1:
@@ -512,17 +528,8 @@ def bs_greeks(option_type, spot, strike, t_years, rate, dividend_yield, sigma) -
     spot, strike or sigma, or a NaN/infinite t_years, rate or dividend_yield.
     """
     ot = _parse_option_type(option_type)
-    S = _as_float("spot", spot)
-    K = _as_float("strike", strike)
-    T = _as_float("t_years", t_years)
-    r = _as_float("rate", rate)
-    q = _as_float("dividend_yield", dividend_yield)
+    S, K, T, r, q, s_min, k_min = _market_args(spot, strike, t_years, rate, dividend_yield)
     sig = _as_float("sigma", sigma)
-    s_min = _check_nonneg("spot", S)
-    k_min = _check_nonneg("strike", K)
-    _check_finite("t_years", T)
-    _check_finite("rate", r)
-    _check_finite("dividend_yield", q)
     _check_nonneg("sigma", sig)
 
     try:
@@ -945,16 +952,7 @@ def implied_vol(option_type, price, spot, strike, t_years, rate, dividend_yield)
     """
     ot = _parse_option_type(option_type)
     P = _as_float("price", price)
-    S = _as_float("spot", spot)
-    K = _as_float("strike", strike)
-    T = _as_float("t_years", t_years)
-    r = _as_float("rate", rate)
-    q = _as_float("dividend_yield", dividend_yield)
-    _check_nonneg("spot", S)
-    _check_nonneg("strike", K)
-    _check_finite("t_years", T)
-    _check_finite("rate", r)
-    _check_finite("dividend_yield", q)
+    S, K, T, r, q, _, _ = _market_args(spot, strike, t_years, rate, dividend_yield)
     try:
         shape = np.broadcast_shapes(ot.shape, P.shape, S.shape, K.shape, T.shape, r.shape, q.shape)
     except ValueError as exc:
