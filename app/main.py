@@ -1,7 +1,11 @@
-"""Application factory: lifespan (pool, limiter, clients), middleware, error handlers, routers.
+"""Application factory: lifespan (pool, limiter, clients, providers), middleware, error handlers, routers.
 
 ``uvicorn app.main:app`` works (the module builds ``app`` on first access, validating the
 configuration first); tests call ``create_app(settings)`` with their own settings.
+
+Everything shared is built once in the lifespan and kept on ``app.state``; routes never read it
+there but through the ``Annotated`` dependencies of ``app.core.deps`` and each feature's ``deps.py``,
+which tests swap with ``app.dependency_overrides``.
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api import api_router
-from app.billing.repository import EventWriter
 from app.core.config import Settings, load_settings_or_exit
 from app.core.crypto import TokenCipher
-from app.core.db import create_engine, create_sessionmaker
+from app.core.db import Database, create_engine
 from app.core.errors import install_error_handlers
 from app.core.http import Outbound
 from app.core.middleware import BodyLimitMiddleware, CORSMiddleware, RequestContextMiddleware
@@ -31,6 +34,7 @@ from app.ops.docs import router as docs_router
 from app.ops.router import router as ops_router
 from app.providers.market_data import build_market_data
 from app.providers.oauth import build_broker_oauth
+from app.providers.stripe import build_webhook_verifier
 
 log = logging.getLogger("tradedesk.app")
 
@@ -41,27 +45,31 @@ CORS_EXPOSE_HEADERS = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> FastAPI:
+    """The ASGI app. ``freeze_gc`` (the server entry point only): after startup, move every object
+    built so far out of the collector's way, so later full collections scan only request-time objects
+    and GC pauses stay out of the latency tail. Tests leave it off: a frozen test app's garbage would
+    stay for the rest of the run."""
     settings = settings or load_settings_or_exit()
     configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         prune_dead_workers()  # several workers (PROMETHEUS_MULTIPROC_DIR): forget crashed workers' gauges
-        engine = create_engine(settings)
-        app.state.engine = engine
-        app.state.sessionmaker = create_sessionmaker(engine)
+        database = Database(create_engine(settings))
+        app.state.database = database
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-        app.state.limiter = RateLimiter(redis_url)
+        # One Redis client per process, shared by the limiter, the breakers and the cache.
+        app.state.redis = connect_redis(redis_url)
+        app.state.limiter = RateLimiter(app.state.redis)
         # Outbound clients (one per provider, breaker state in Redis when set) and market data; tests may
         # set app.state.http_transports = {provider: httpx transport} before startup (app/core/http.py).
-        app.state.redis = connect_redis(redis_url)
         app.state.outbound = Outbound(settings, redis=app.state.redis,
                                       transports=getattr(app.state, "http_transports", None))
         app.state.market_data = build_market_data(settings, app.state.outbound, app.state.redis)
         app.state.passwords = PasswordHashing()  # Argon2id in its own thread pool (app/core/security.py)
         app.state.token_cipher = TokenCipher(settings.token_encryption_keys)
-        app.state.billing_writer = EventWriter(engine)
+        app.state.stripe_verifier = build_webhook_verifier(settings)
         app.state.broker_oauth = build_broker_oauth(settings, app.state.outbound)
         if redis_url is None and settings.web_concurrency > 1:
             log.warning(
@@ -71,19 +79,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         log.info("startup", extra={"env": settings.app_env, "version": __version__,
                                    "shared_state": "redis" if redis_url else "memory"})
-        # Move everything built at startup out of the collector's way: later full collections then
-        # scan only request-time objects, which keeps GC pauses out of the latency tail.
-        gc.collect()
-        gc.freeze()
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
-            await app.state.limiter.close()
             await app.state.market_data.aclose()
             await app.state.outbound.aclose()
             await close_redis(app.state.redis)
             app.state.passwords.close()
-            await engine.dispose()
+            await database.dispose()
             mark_worker_stopped()  # several workers: this worker's live gauges stop counting
             log.info("shutdown")
 
@@ -126,7 +132,7 @@ def __getattr__(name: str) -> Any:
     # Lazily build the ASGI app for `uvicorn app.main:app`: a bad configuration exits non-zero
     # with one message naming every offending variable, before the server binds its port.
     if name == "app":
-        application = create_app()
+        application = create_app(freeze_gc=True)  # the server entry point: uvicorn app.main:app
         globals()["app"] = application
         return application
     raise AttributeError(name)

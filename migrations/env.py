@@ -17,6 +17,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.core.config import normalize_database_url
 from app.models import metadata
 
 config = context.config
@@ -31,10 +32,7 @@ def _database_url() -> str:
     url = url or os.environ.get("DATABASE_URL")
     if not url:
         sys.exit("DATABASE_URL is not set: export it (postgresql+asyncpg://user:pass@host:port/db) to migrate")
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            url = "postgresql+asyncpg://" + url[len(prefix):]
-    return url
+    return normalize_database_url(url)
 
 
 def run_migrations_offline() -> None:

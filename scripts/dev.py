@@ -68,7 +68,12 @@ def read_env_file() -> dict[str, str]:
 async def _reachable(url: str, timeout: float = 3.0) -> bool:  # noqa: ASYNC109
     import asyncpg
 
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    from app.core.config import normalize_database_url
+
+    try:
+        dsn = normalize_database_url(url, driver=None)
+    except ValueError:
+        return False
     try:
         conn = await asyncio.wait_for(asyncpg.connect(dsn, timeout=timeout), timeout + 1)
     except Exception:

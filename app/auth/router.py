@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.auth import service
+from app.auth.deps import CurrentUser
+from app.auth.fields import login_key
 from app.auth.models import User
 from app.auth.schemas import (
     LoginRequest,
@@ -14,13 +16,13 @@ from app.auth.schemas import (
     SignupResponse,
     TokenResponse,
 )
-from app.core.deps import CurrentUser, SessionDep, SettingsDep
-from app.core.ratelimit import client_ip, enforce, hashed
-from app.core.security import PasswordHashingDep, issue_access_token
+from app.core.deps import LimiterDep, PasswordHashingDep, SessionDep, SettingsDep
+from app.core.ratelimit import client_ip, hashed
+from app.core.security import issue_access_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
-_PROBLEM = {"content": {"application/problem+json": {}}}
+_PROBLEM: dict[str, object] = {"content": {"application/problem+json": {}}}
 
 
 @router.post("/signup", status_code=201, response_model=SignupResponse,
@@ -37,16 +39,17 @@ async def signup(body: SignupRequest, session: SessionDep, passwords: PasswordHa
              responses={401: {"description": "Bad credentials (same answer for an unknown email)", **_PROBLEM},
                         429: {"description": "Too many attempts for this email or from this client", **_PROBLEM}})
 async def login(body: LoginRequest, request: Request, session: SessionDep, settings: SettingsDep,
-                passwords: PasswordHashingDep) -> TokenResponse:
+                passwords: PasswordHashingDep, limiter: LimiterDep) -> TokenResponse:
     """Exchange credentials for a bearer access token.
 
     `RATE_LIMIT_LOGIN` applies per client IP and, separately, per email; both are checked before
     the password, so the right password after the limit trips is still refused (429).
     """
-    email_key = service.login_key(body.email)
+    email_key = login_key(body.email)
     # Brute-force protection never switches off: if Redis fails, these are enforced per process.
-    await enforce(request, settings.rate_limit_login, "login-ip", client_ip(request), local_fallback=True)
-    await enforce(request, settings.rate_limit_login, "login-email", hashed(email_key), local_fallback=True)
+    await limiter.enforce(request, settings.rate_limit_login, "login-ip", client_ip(request), local_fallback=True)
+    await limiter.enforce(request, settings.rate_limit_login, "login-email", hashed(email_key),
+                          local_fallback=True)
     user_id = await service.authenticate(session=session, passwords=passwords, email_key=email_key,
                                          password=body.password)
     token = issue_access_token(user_id=user_id, settings=settings)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import unicodedata
 import uuid
-from dataclasses import dataclass
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.fields import NormalizedEmail
 from app.auth.models import User
 from app.auth.repository import EmailTaken, UserRepository
 from app.billing import service as billing_service
@@ -19,14 +17,6 @@ from app.core.security import PasswordHashing
 
 log = logging.getLogger("tradedesk.auth")
 
-DISPLAY_NAME_MAX_LENGTH = 100  # characters, after cleaning (column is varchar(200))
-BIO_MAX_LENGTH = 5000  # characters of sanitized HTML, as stored
-PASSWORD_MIN_LENGTH = 12
-PASSWORD_MAX_LENGTH = 1024  # bounds the Argon2 input and the request; no truncation ever happens
-EMAIL_MAX_LENGTH = 320
-
-
-
 class InvalidCredentials(Unauthorized):
     """One answer for an unknown email and a wrong password (no account enumeration)."""
 
@@ -34,41 +24,6 @@ class InvalidCredentials(Unauthorized):
 
     def __init__(self) -> None:
         super().__init__("The email or password is incorrect.")
-
-
-@dataclass(frozen=True, slots=True)
-class NormalizedEmail:
-    display: str  # what the user typed, with the domain canonicalised: stored in users.email
-    key: str  # case-insensitive identity: stored in users.email_normalized (unique index)
-
-
-def normalize_email(raw: str) -> NormalizedEmail:
-    """Validate (syntax only, no DNS) and normalise an email; ``ValueError`` with a readable reason.
-
-    ``display`` is email-validator's normalised form (surrounding whitespace removed, domain
-    lower-cased and IDNA-canonicalised, local part NFC) — kept for display. ``key`` additionally
-    applies NFKC (compatibility forms such as full-width letters fold to their plain form) and
-    lower-cases the whole address, local part included: no mainstream provider treats the local
-    part case-sensitively, and two accounts differing only in case are a support and phishing risk.
-    Provider-specific aliasing (dots, ``+tags``) is *not* folded: those are distinct addresses.
-    """
-    try:
-        result = validate_email(raw.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(f"is not a valid email address: {exc}") from None
-    display = result.normalized
-    key = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", display).lower())
-    if len(display) > EMAIL_MAX_LENGTH or len(key) > EMAIL_MAX_LENGTH:
-        raise ValueError("is not a valid email address: too long")
-    return NormalizedEmail(display=display, key=key)
-
-
-def login_key(raw_email: str) -> str:
-    """The identity a login attempt counts against: the normalised email, or the folded raw text."""
-    try:
-        return normalize_email(raw_email).key
-    except ValueError:
-        return unicodedata.normalize("NFKC", raw_email.strip()).lower()
 
 
 async def signup(

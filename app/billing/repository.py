@@ -1,15 +1,18 @@
-"""All billing SQL. Every write is idempotent on its natural key."""
+"""All billing SQL. Every write is idempotent on its natural key.
+
+Billing never reads another feature's tables: a user id is checked by the foreign key on
+``billing_accounts.user_id``, not by a query on ``users``.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
 
+import sqlalchemy.exc
 from sqlalchemy import Select, and_, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.billing.models import BillingAccount, Payment
 
@@ -33,33 +36,12 @@ _CLAIM_AND_PAY = text(
 )
 
 
-class EventWriter:
-    """Single-statement writes for events whose whole effect fits in one atomic statement.
+class UnknownUser(Exception):
+    """The user id names no account (the foreign key refused it)."""
 
-    Runs in autocommit on a pooled connection: one round trip, no BEGIN/COMMIT, no session.
-    """
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+FOREIGN_KEY_VIOLATION = "23503"
 
-    async def _one(self, statement: Any, params: dict[str, Any]) -> Row[Any] | None:
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            return (await conn.execute(statement, params)).first()
-
-    async def claim(self, *, event_id: str, type_: str, created: dt.datetime) -> bool:
-        """Record an event that has no effect; False if it was recorded before."""
-        return await self._one(_CLAIM_EVENT, {"id": event_id, "type": type_, "created": created}) is not None
-
-    async def claim_and_pay(self, *, event_id: str, type_: str, created: dt.datetime, invoice_id: str,
-                            customer_id: str, amount_minor: int, currency: str,
-                            paid_at: dt.datetime) -> tuple[bool, bool]:
-        """Record the event and its payment atomically: (claimed, payment_added)."""
-        row = await self._one(_CLAIM_AND_PAY, {
-            "id": event_id, "type": type_, "created": created, "invoice_id": invoice_id,
-            "customer": customer_id, "amount": amount_minor, "currency": currency, "paid_at": paid_at})
-        assert row is not None
-        return bool(row.claimed), bool(row.paid)
 
 class BillingRepository:
     def __init__(self, session: AsyncSession) -> None:
@@ -70,6 +52,16 @@ class BillingRepository:
         the INSERT waits for the other transaction and then sees its row)."""
         result = await self.session.execute(_CLAIM_EVENT, {"id": event_id, "type": type_, "created": created})
         return result.scalar_one_or_none() is not None
+
+    async def claim_and_pay(self, *, event_id: str, type_: str, created: dt.datetime, invoice_id: str,
+                            customer_id: str, amount_minor: int, currency: str,
+                            paid_at: dt.datetime) -> tuple[bool, bool]:
+        """Record the event and its payment in one atomic statement: (claimed, payment_added)."""
+        row = (await self.session.execute(_CLAIM_AND_PAY, {
+            "id": event_id, "type": type_, "created": created, "invoice_id": invoice_id,
+            "customer": customer_id, "amount": amount_minor, "currency": currency, "paid_at": paid_at,
+        })).one()
+        return bool(row.claimed), bool(row.paid)
 
     async def ensure_account(self, customer_id: str) -> None:
         stmt = insert(BillingAccount).values(stripe_customer_id=customer_id).on_conflict_do_nothing()
@@ -83,9 +75,14 @@ class BillingRepository:
             .values(user_id=None)
         )
         await self.ensure_account(customer_id)
-        await self.session.execute(
-            update(BillingAccount).where(BillingAccount.stripe_customer_id == customer_id).values(user_id=user_id)
-        )
+        try:
+            await self.session.execute(
+                update(BillingAccount).where(BillingAccount.stripe_customer_id == customer_id).values(user_id=user_id)
+            )
+        except sqlalchemy.exc.IntegrityError as exc:
+            if getattr(exc.orig, "sqlstate", None) == FOREIGN_KEY_VIOLATION:
+                raise UnknownUser() from None
+            raise
 
     async def set_status_if_newer(self, *, customer_id: str, status: str, event_at: dt.datetime,
                                   current_period_end: dt.datetime | None) -> str:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query
 
+from app.auth.deps import CurrentUser
 from app.billing import service
+from app.billing.deps import VerifiedStripeEvent
 from app.billing.schemas import PaymentsPage, SubscriptionOut, WebhookAck
-from app.core.deps import CurrentUser, SessionDep, SettingsDep
-from app.core.errors import BadRequest, ServiceUnavailable, Unprocessable
-from app.core.observability import WEBHOOK_EVENTS
-from app.providers.stripe import InvalidSignature, verify_event
+from app.core.deps import DatabaseDep, SessionDep
+from app.core.errors import BadRequest, Unprocessable
 
 router = APIRouter(tags=["billing"])
-log = logging.getLogger("tradedesk.billing")
 
 
 @router.post(
@@ -24,25 +22,9 @@ log = logging.getLogger("tradedesk.billing")
     summary="Stripe webhook: verified, applied exactly once",
     responses={400: {"description": "Bad, missing or stale signature"}, 503: {"description": "Kill switch on"}},
 )
-async def stripe_webhook(
-    request: Request,
-    settings: SettingsDep,
-    stripe_signature: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> WebhookAck:
-    if not settings.stripe_webhook_enabled:
-        WEBHOOK_EVENTS.labels("unknown", "disabled").inc()
-        raise ServiceUnavailable("Stripe webhooks are switched off (STRIPE_WEBHOOK_ENABLED=false); "
-                                 "Stripe will redeliver later.", retry_after=60)
-    payload = await request.body()
+async def stripe_webhook(event: VerifiedStripeEvent, database: DatabaseDep) -> WebhookAck:
     try:
-        event = verify_event(payload, stripe_signature, settings.stripe_webhook_secrets)
-    except InvalidSignature as exc:
-        WEBHOOK_EVENTS.labels("unknown", "bad_signature").inc()
-        log.warning("stripe webhook refused", extra={"reason": str(exc)})
-        raise BadRequest(f"Stripe signature verification failed: {exc}.") from None
-    try:
-        outcome = await service.handle_event(sessionmaker=request.app.state.sessionmaker,
-                                             writer=request.app.state.billing_writer, event=event)
+        outcome = await service.handle_event(database=database, event=event)
     except service.UnprocessableEvent as exc:
         raise Unprocessable(
             f"Event {event.id} ({event.type}) cannot be applied: {exc.field} {exc.reason}. Nothing was "

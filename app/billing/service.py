@@ -9,12 +9,11 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.models import User
-from app.billing.repository import BillingRepository, EventWriter
+from app.billing.repository import BillingRepository, UnknownUser
 from app.billing.schemas import PaymentOut, PaymentsPage, SubscriptionOut
+from app.core.db import Database
 from app.core.errors import BadRequest
 from app.core.observability import WEBHOOK_EVENTS
 from app.providers.stripe import StripeEvent
@@ -70,32 +69,35 @@ class UnprocessableEvent(Exception):
 
 
 # Events that change account state read and lock that state: they run in a transaction. Every other
-# type's whole effect (a payment, or nothing) fits in one atomic statement (EventWriter).
+# type's whole effect (a payment, or nothing) fits in one atomic statement (single_statement=True).
 STATEFUL_TYPES = frozenset(
     {"checkout.session.completed", "customer.subscription.updated", "customer.subscription.deleted"}
 )
 
 
-async def handle_event(*, sessionmaker: async_sessionmaker[AsyncSession], writer: EventWriter,
-                       event: StripeEvent) -> str:
+async def handle_event(*, database: Database, event: StripeEvent) -> str:
     """Record the event id and apply its effect, atomically. Returns the outcome: ``processed``,
     ``ignored`` (recorded, nothing to do) or ``duplicate`` (seen before: no change). Raises — with
     nothing recorded, so Stripe's redelivery can succeed — if anything fails."""
     created = _ts(event.created) or dt.datetime.now(dt.UTC)
     try:
         if event.type in STATEFUL_TYPES:
-            async with sessionmaker() as session, session.begin():
+            async with database.own_transaction() as session:
                 repo = BillingRepository(session)
                 if not await repo.claim_event(event_id=event.id, type_=event.type, created=created):
                     outcome = "duplicate"
                 else:
-                    outcome = "processed" if await _apply_stateful(repo, session, event, created) else "ignored"
+                    outcome = "processed" if await _apply_stateful(repo, event, created) else "ignored"
         elif event.type == "invoice.paid":
-            claimed, paid = await writer.claim_and_pay(event_id=event.id, type_=event.type, created=created,
-                                                       **_payment(event, created))
+            payment = _payment(event, created)
+            async with database.own_transaction(single_statement=True) as session:
+                claimed, paid = await BillingRepository(session).claim_and_pay(
+                    event_id=event.id, type_=event.type, created=created, **payment)
             outcome = "duplicate" if not claimed else "processed" if paid else "ignored"
         else:
-            claimed = await writer.claim(event_id=event.id, type_=event.type, created=created)
+            async with database.own_transaction(single_statement=True) as session:
+                claimed = await BillingRepository(session).claim_event(
+                    event_id=event.id, type_=event.type, created=created)
             outcome = "ignored" if claimed else "duplicate"
     except UnprocessableEvent as exc:
         WEBHOOK_EVENTS.labels(event.type, "unprocessable").inc()
@@ -129,8 +131,7 @@ def _payment(event: StripeEvent, created: dt.datetime) -> dict[str, Any]:
             "currency": currency.lower(), "paid_at": paid_at}
 
 
-async def _apply_stateful(repo: BillingRepository, session: AsyncSession, event: StripeEvent,
-                          created: dt.datetime) -> bool:
+async def _apply_stateful(repo: BillingRepository, event: StripeEvent, created: dt.datetime) -> bool:
     obj = event.data_object
     if event.type == "checkout.session.completed":
         customer = _customer_id(obj)
@@ -142,9 +143,10 @@ async def _apply_stateful(repo: BillingRepository, session: AsyncSession, event:
             raise UnprocessableEvent("data.object.customer", "missing or not a customer id")
         if user_id is None:
             raise UnprocessableEvent("data.object.client_reference_id", "missing or not a user id")
-        if (await session.execute(select(User.id).where(User.id == user_id))).scalar_one_or_none() is None:
-            raise UnprocessableEvent("data.object.client_reference_id", "names no user")
-        await repo.link_user(customer_id=customer, user_id=user_id)
+        try:
+            await repo.link_user(customer_id=customer, user_id=user_id)
+        except UnknownUser:
+            raise UnprocessableEvent("data.object.client_reference_id", "names no user") from None
         await _set_status(repo, event, customer, "active", created, None)
         return True
 

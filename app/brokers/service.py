@@ -9,24 +9,30 @@
       while the provider thinks);
    c. the encrypted token and the link row are written in one transaction.
    Any failure after (a) leaves nothing stored; the user simply starts again.
+
+Phases (a) and (c) commit on their own, through ``Database.own_transaction``.
+Operator work lives here too: ``rotate_token_keys`` and ``purge_expired_states`` (``app.cli``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import logging
 import secrets
 import uuid
+from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.brokers.repository import BrokerRepository
 from app.brokers.schemas import ConnectionOut
-from app.core.crypto import TokenCipher
+from app.core.crypto import InvalidToken, TokenCipher
+from app.core.db import Database
 from app.core.errors import BadRequest, log_exception
 from app.core.http import UpstreamError
-from app.providers.oauth import AlpacaOAuth, OAuthExchangeError
+from app.providers.oauth import BrokerOAuth, OAuthExchangeError
 
 log = logging.getLogger("tradedesk.brokers")
 
@@ -38,7 +44,7 @@ def _hash_state(state: str) -> str:
     return hashlib.sha256(state.encode()).hexdigest()
 
 
-async def start_link(*, session: AsyncSession, oauth: AlpacaOAuth, user_id: uuid.UUID) -> str:
+async def start_link(*, session: AsyncSession, oauth: BrokerOAuth, user_id: uuid.UUID) -> str:
     """Create a single-use state for the user and return the provider's authorize URL."""
     state = secrets.token_urlsafe(32)
     await BrokerRepository(session).add_state(state_hash=_hash_state(state), user_id=user_id, provider=PROVIDER,
@@ -46,8 +52,8 @@ async def start_link(*, session: AsyncSession, oauth: AlpacaOAuth, user_id: uuid
     return oauth.authorize_url(state)
 
 
-async def _consume(sessionmaker: async_sessionmaker[AsyncSession], state: str, caller_id: uuid.UUID | None) -> uuid.UUID:
-    async with sessionmaker() as session, session.begin():
+async def _consume(database: Database, state: str, caller_id: uuid.UUID | None) -> uuid.UUID:
+    async with database.own_transaction() as session:
         user_id = await BrokerRepository(session).consume_state(
             state_hash=_hash_state(state), provider=PROVIDER, user_id=caller_id)
     if user_id is None:
@@ -57,24 +63,24 @@ async def _consume(sessionmaker: async_sessionmaker[AsyncSession], state: str, c
     return user_id
 
 
-async def reject_link(*, sessionmaker: async_sessionmaker[AsyncSession], state: str, caller_id: uuid.UUID | None) -> None:
+async def reject_link(*, database: Database, state: str, caller_id: uuid.UUID | None) -> None:
     """The user declined at the provider: consume the state, store nothing."""
-    user_id = await _consume(sessionmaker, state, caller_id)
+    user_id = await _consume(database, state, caller_id)
     log.info("broker link declined at the provider", extra={"user_id": str(user_id)})
 
 
-async def complete_link(*, sessionmaker: async_sessionmaker[AsyncSession], oauth: AlpacaOAuth,
-                        cipher: TokenCipher, code: str, state: str, caller_id: uuid.UUID | None) -> bool:
+async def complete_link(*, database: Database, oauth: BrokerOAuth, cipher: TokenCipher, code: str, state: str,
+                        caller_id: uuid.UUID | None) -> bool:
     """Consume the state, exchange the code, store the encrypted token. Raises BadRequest for an
     unusable state; returns False (nothing stored) when the provider or the store fails."""
-    user_id = await _consume(sessionmaker, state, caller_id)
+    user_id = await _consume(database, state, caller_id)
     try:
         token = await oauth.exchange(code)
     except (UpstreamError, OAuthExchangeError) as exc:
         log.warning("oauth code exchange failed", extra={"user_id": str(user_id), "error": type(exc).__name__})
         return False
     try:
-        async with sessionmaker() as session, session.begin():
+        async with database.own_transaction() as session:
             await BrokerRepository(session).upsert_connection(
                 user_id=user_id, provider=PROVIDER, token_encrypted=cipher.encrypt(token.access_token),
                 scope=token.scope)
@@ -97,7 +103,56 @@ async def delete_connection(*, session: AsyncSession, user_id: uuid.UUID) -> Non
         log.info("broker unlinked", extra={"user_id": str(user_id), "provider": PROVIDER})
 
 
-async def access_token(*, session: AsyncSession, cipher: TokenCipher, user_id: uuid.UUID) -> str | None:
-    """The user's decrypted broker access token, for the live broker provider; None if not linked."""
-    row = await BrokerRepository(session).get_connection(user_id)
-    return cipher.decrypt(row.access_token_encrypted) if row else None
+ROTATION_BATCH = 200
+ROTATION_PASSES = 5
+
+
+@dataclass(slots=True)
+class RotationCounts:
+    rotated: int = 0
+    skipped_locked: int = 0
+    unreadable: int = 0
+
+
+async def rotate_token_keys(*, database: Database, cipher: TokenCipher, batch: int = ROTATION_BATCH,
+                            passes: int = ROTATION_PASSES, pause_seconds: float = 1.0) -> RotationCounts:
+    """Re-encrypt every stored token with the cipher's first key, one short transaction per batch.
+
+    Rows locked by a concurrent writer are skipped and retried in a further pass (up to ``passes``);
+    what is still skipped, or opens with no key, is counted: the old key must then stay."""
+    counts = RotationCounts()
+    for attempt in range(passes):
+        counts = await _rotation_pass(database, cipher, batch)  # each pass re-encrypts every row it can lock
+        if not counts.skipped_locked:
+            break
+        if attempt + 1 < passes:
+            await asyncio.sleep(pause_seconds)  # let the concurrent writer finish before the next pass
+    return counts
+
+
+async def _rotation_pass(database: Database, cipher: TokenCipher, batch: int) -> RotationCounts:
+    counts = RotationCounts()
+    after: uuid.UUID | None = None
+    while True:
+        async with database.own_transaction() as session:
+            repo = BrokerRepository(session)
+            ids = await repo.connection_ids_after(after, batch)
+            if not ids:
+                return counts
+            for user_id in ids:
+                row = await repo.lock_connection(user_id)
+                if row is None:
+                    counts.skipped_locked += 1
+                    continue
+                try:
+                    row.access_token_encrypted = cipher.rotate(row.access_token_encrypted)
+                    counts.rotated += 1
+                except InvalidToken:
+                    counts.unreadable += 1
+            after = ids[-1]
+
+
+async def purge_expired_states(*, database: Database, older_than: dt.timedelta = dt.timedelta(days=1)) -> int:
+    """Delete OAuth states that expired more than ``older_than`` ago; how many."""
+    async with database.own_transaction() as session:
+        return await BrokerRepository(session).purge_states(older_than=dt.datetime.now(dt.UTC) - older_than)

@@ -18,18 +18,17 @@ from limits import parse as parse_limit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Fields whose values must never be echoed, even partially.
-SECRET_FIELDS = frozenset(
-    {
-        "database_url",
-        "jwt_secret",
-        "stripe_webhook_secret",
-        "token_encryption_key",
-        "alpaca_api_secret_key",
-        "alpaca_oauth_client_secret",
-        "redis_url",
-    }
-)
+POSTGRES_SCHEMES = ("postgresql+asyncpg", "postgresql", "postgres")
+
+
+def normalize_database_url(url: str, *, driver: Literal["asyncpg"] | None = "asyncpg") -> str:
+    """The one place a PostgreSQL URL is rewritten: ``postgres://``, ``postgresql://`` or
+    ``postgresql+asyncpg://`` in; ``postgresql+asyncpg://`` out for SQLAlchemy, or with ``driver=None``
+    ``postgresql://`` for asyncpg and libpq tools. ``ValueError`` for any other scheme."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in POSTGRES_SCHEMES:
+        raise ValueError("must be a PostgreSQL URL: postgresql+asyncpg://user:pass@host:port/db")
+    return f"postgresql+{driver}://{rest}" if driver else f"postgresql://{rest}"
 
 
 def _split_csv(value: str) -> list[str]:
@@ -90,6 +89,8 @@ class Settings(BaseSettings):
     alpaca_oauth_client_id: str | None = None
     alpaca_oauth_client_secret: SecretStr | None = None
     alpaca_oauth_redirect_uri: str | None = None
+    # `local`: an in-process OAuth server for development (app/providers/oauth.py); refused in production.
+    broker_oauth_provider: Literal["alpaca", "local"] = "alpaca"
     discord_api_base_url: str = "https://discord.com/api"
 
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
@@ -121,9 +122,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_database_url(cls, value: SecretStr) -> SecretStr:
         raw = value.get_secret_value().strip()
-        scheme = raw.split("://", 1)[0] if "://" in raw else ""
-        if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
-            raise ValueError("must be a PostgreSQL URL: postgresql+asyncpg://user:pass@host:port/db")
+        normalize_database_url(raw)  # ValueError for anything but a PostgreSQL URL
         if not urlsplit(raw).hostname and "host=" not in raw:
             raise ValueError("has no host")
         return SecretStr(raw)
@@ -219,6 +218,8 @@ class Settings(BaseSettings):
             insecure = [o for o in self.frontend_origins if o.startswith("http://")]
             if insecure:
                 raise ValueError("FRONTEND_URL: every origin must use https when APP_ENV=production")
+            if self.broker_oauth_provider == "local":
+                raise ValueError("BROKER_OAUTH_PROVIDER: local links no real account; refused when APP_ENV=production")
         return self
 
     # --- derived values -------------------------------------------------------------
@@ -228,9 +229,7 @@ class Settings(BaseSettings):
 
     @cached_property
     def sqlalchemy_database_url(self) -> str:
-        raw = self.database_url.get_secret_value()
-        scheme, rest = raw.split("://", 1)
-        return f"postgresql+asyncpg://{rest}"
+        return normalize_database_url(self.database_url.get_secret_value())
 
     @cached_property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -1,16 +1,27 @@
-"""One async engine per process, a bounded pool, and the session dependency that owns the transaction.
+"""One async engine per process, a bounded pool, and the two ways a unit of work commits.
 
-* Pool size, overflow and checkout timeout come from settings; a checkout that times out raises
-  ``sqlalchemy.exc.TimeoutError``, which the error handlers answer with 503 + Retry-After.
-* ``get_session`` commits when the route (and its dependencies) finish without error and rolls
-  back on any exception; services never commit.
-* Pool gauges are updated from pool events, so they are correct in multi-worker mode too.
+There is exactly one transaction idiom, in two forms:
+
+* **Request work** goes through ``get_session`` (``SessionDep``): the session commits when the route
+  and its dependencies finish without error — before the response is sent — and rolls back on any
+  exception. Services and repositories never commit.
+* **Work that must commit on its own** (an event recorded even if the request later fails, the
+  phases of an OAuth link or an order, a CLI batch) goes through ``Database.own_transaction()``:
+  a fresh session whose transaction commits when the block exits cleanly and rolls back otherwise.
+  With ``single_statement=True`` the block runs one statement that PostgreSQL commits by itself
+  (autocommit: one round trip instead of BEGIN/statement/COMMIT) — for writes whose whole effect fits
+  in one atomic statement. Nothing else opens a sessionmaker or calls ``begin()``.
+
+Pool size, overflow and checkout timeout come from settings; a checkout that times out raises
+``sqlalchemy.exc.TimeoutError``, which the error handlers answer with 503 + Retry-After. Pool gauges
+are updated from pool events, so they are correct in multi-worker mode too.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy.exc
@@ -97,14 +108,45 @@ def _pre_ping(engine: AsyncEngine) -> None:
     event.listen(engine.sync_engine.pool, "checkout", checkout)
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+class Database:
+    """The process's engine and its session factories; built once in the lifespan (or by a CLI command)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        self._autocommit = async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"),
+                                              expire_on_commit=False, autoflush=False)
+
+    def request_session(self) -> AsyncSession:
+        """A session for ``get_session``, which owns its commit; use nowhere else."""
+        return self._sessions()
+
+    @asynccontextmanager
+    async def own_transaction(self, *, single_statement: bool = False) -> AsyncIterator[AsyncSession]:
+        """A unit of work that commits on its own, apart from any request's session.
+
+        Commits when the block exits without error, rolls back (and re-raises) otherwise. With
+        ``single_statement`` the block must run exactly one statement, committed by PostgreSQL as it
+        runs (autocommit): atomic on its own, one round trip.
+        """
+        factory = self._autocommit if single_statement else self._sessions
+        async with factory() as session, session.begin():
+            yield session
+
+    async def ping(self, timeout: float) -> None:  # noqa: ASYNC109 - the bound is the point
+        """One round trip to the database, bounded by ``timeout`` seconds (pool wait included)."""
+        async with asyncio.timeout(timeout):
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """Request-scoped session: commit on success, roll back on any exception (then re-raise)."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
+    database: Database = request.app.state.database
+    async with database.request_session() as session:
         try:
             yield session
         except BaseException:
@@ -112,10 +154,3 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
         else:
             await session.commit()
-
-
-async def ping(engine: AsyncEngine, timeout: float) -> None:  # noqa: ASYNC109 - the bound is the point
-    """One round trip to the database, bounded by ``timeout`` seconds (pool wait included)."""
-    async with asyncio.timeout(timeout):
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))

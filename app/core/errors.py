@@ -61,20 +61,12 @@ class Unauthorized(AppError):
         super().__init__(detail or "Authentication required: send 'Authorization: Bearer <access_token>'.", **kw)
 
 
-class Forbidden(AppError):
-    status, title, slug = 403, "Forbidden", "forbidden"
-
-
 class NotFound(AppError):
     status, title, slug = 404, "Not Found", "not-found"
 
 
 class Conflict(AppError):
     status, title, slug = 409, "Conflict", "conflict"
-
-
-class PayloadTooLarge(AppError):
-    status, title, slug = 413, "Payload Too Large", "payload-too-large"
 
 
 class Unprocessable(AppError):
@@ -94,10 +86,6 @@ class ServiceUnavailable(AppError):
         super().__init__(detail, headers=headers, **kw)
 
 
-class GatewayTimeout(AppError):
-    status, title, slug = 504, "Gateway Timeout", "timeout"
-
-
 class BodyTooLarge(StarletteHTTPException):
     """Raised from the body-limit receive wrapper; an HTTPException so FastAPI's body parsing re-raises it."""
 
@@ -105,20 +93,18 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(status_code=413, detail=f"Request body exceeds the {limit}-byte limit.")
 
 
-_HTTP_TITLES = {
-    400: ("Bad Request", "bad-request"),
-    401: ("Unauthorized", "unauthorized"),
+# Title and slug per status: the AppError classes' own, plus the statuses only the framework raises
+# (routing, content negotiation, the body cap).
+_HTTP_TITLES: dict[int, tuple[str, str]] = {
+    cls.status: (cls.title, cls.slug)
+    for cls in (AppError, BadRequest, Unauthorized, NotFound, Conflict, Unprocessable, TooManyRequests,
+                ServiceUnavailable)
+} | {
     403: ("Forbidden", "forbidden"),
-    404: ("Not Found", "not-found"),
     405: ("Method Not Allowed", "method-not-allowed"),
     406: ("Not Acceptable", "not-acceptable"),
-    409: ("Conflict", "conflict"),
     413: ("Payload Too Large", "payload-too-large"),
     415: ("Unsupported Media Type", "unsupported-media-type"),
-    422: ("Unprocessable Content", "validation"),
-    429: ("Too Many Requests", "rate-limited"),
-    500: ("Internal Server Error", "internal"),
-    503: ("Service Unavailable", "unavailable"),
 }
 
 

@@ -10,17 +10,17 @@
   ``rate_limit_storage_errors_total`` counter goes up and a warning is logged (at most every 10 s).
   Availability of the trading API beats strict limiting during a cache outage; operators alert
   on that counter.
+* The limiter uses the app's one Redis client (``app.core.redisconn``): no pool of its own.
 * A storage call waits at most ``STORAGE_TIMEOUT_SECONDS`` (connect or answer). After a failure the
-  limiter skips the storage for ``STORAGE_COOLDOWN_SECONDS`` (requests are served unlimited and
-  counted in ``rate_limit_storage_skipped_total``), then lets **one** request probe it again; the
-  others keep skipping until that probe answers. So a Redis that accepts connections but never
-  replies costs one timeout per cooldown per process, not one per request. (The same idea as
-  ``app.core.redisconn.RedisGuard``, whose counter and log line speak of an in-process fallback;
-  the limiter has none, it fails open, hence its own few lines.)
+  limiter's ``RedisGuard`` skips the storage for ``STORAGE_COOLDOWN_SECONDS`` (requests are served
+  unlimited and counted in ``rate_limit_storage_skipped_total``), then lets **one** request probe it
+  again; the others keep skipping until that probe answers. So a Redis that accepts connections but
+  never replies costs one timeout per cooldown per process, not one per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -29,14 +29,16 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as aioredis
 from fastapi import Request
 from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from limits.storage import storage_from_string
 
 from app.core.errors import TooManyRequests
 from app.core.middleware import RATELIMIT_STATE_KEY, route_template
 from app.core.observability import RATE_LIMIT_ERRORS, RATE_LIMIT_HITS, RATE_LIMIT_SKIPPED
+from app.core.redisconn import RedisGuard
 
 log = logging.getLogger("tradedesk.ratelimit")
 
@@ -114,31 +116,28 @@ STORAGE_COOLDOWN_SECONDS = 2.0  # after a storage failure, skip the storage this
 
 
 class RateLimiter:
-    """Owns the storage; one per process, built in the lifespan."""
+    """Owns the limiting strategy over the shared Redis client (or memory); one per process, built in the lifespan."""
 
-    def __init__(self, redis_url: str | None, *, key_prefix: str = "tradedesk-rl",
+    def __init__(self, redis: aioredis.Redis | None, *, key_prefix: str = "tradedesk-rl",
                  timeout: float = STORAGE_TIMEOUT_SECONDS, cooldown: float = STORAGE_COOLDOWN_SECONDS) -> None:
+        self.timeout = timeout
+        self.guard = RedisGuard("ratelimit", cooldown=cooldown, fallback="no shared limits (failing open)")
+        self.storage: RedisStorage | MemoryStorage
         self._script: Any = None
-        self.cooldown = cooldown
-        # 0.0 while the storage is healthy (the hot path then reads no clock); else the monotonic time
-        # until which hits skip the storage.
-        self._skip_until = 0.0
-        self._last_error_log = -math.inf
-        if redis_url:
-            uri = "async+" + redis_url  # async+redis:// or async+rediss://
-            self.storage = storage_from_string(
-                uri, implementation="redispy", key_prefix=key_prefix, wrap_exceptions=True,
-                socket_timeout=timeout, socket_connect_timeout=timeout,
-            )
+        if redis is not None:
+            # limits' Redis storage on the app's own connection pool: its key scheme and strategy are
+            # used as they are (tests read windows through it); the hot path is our one-script hit.
+            self.storage = RedisStorage("async+redis://", implementation="redispy", key_prefix=key_prefix,
+                                        wrap_exceptions=True, connection_pool=redis.connection_pool)
             self.backend = "redis"
-            self._script = self.storage.bridge.storage.register_script(_ACQUIRE_AND_REPORT)  # type: ignore[attr-defined]
+            self._script = redis.register_script(_ACQUIRE_AND_REPORT)
         else:
-            self.storage = storage_from_string("async+memory://")
+            self.storage = MemoryStorage()
             self.backend = "memory"
-        self.strategy = SlidingWindowCounterRateLimiter(self.storage)  # type: ignore[arg-type]
+        self.strategy = SlidingWindowCounterRateLimiter(self.storage)
         # While the shared storage is failing, limits that must never switch off (login) are kept per
         # process in memory instead of failing open.
-        self._local = SlidingWindowCounterRateLimiter(storage_from_string("async+memory://"))  # type: ignore[arg-type]
+        self._local = SlidingWindowCounterRateLimiter(MemoryStorage())
 
     async def _hit_local(self, item: RateLimitItem, name: str, *identifiers: str) -> Decision:
         allowed = await self._local.hit(item, name, *identifiers)
@@ -154,8 +153,9 @@ class RateLimiter:
         storage: Any = self.storage
         current = storage.bridge.prefixed_key(storage._current_window_key(key))
         previous = storage.bridge.prefixed_key(storage._previous_window_key(key))
-        acquired, prev_count, prev_ttl, cur_count, cur_ttl = await self._script(
-            keys=[previous, current], args=[item.amount, item.get_expiry(), 1])
+        async with asyncio.timeout(self.timeout):  # the shared client's own socket timeout is longer
+            acquired, prev_count, prev_ttl, cur_count, cur_ttl = await self._script(
+                keys=[previous, current], args=[item.amount, item.get_expiry(), 1])
         return window_decision(item, bool(acquired), int(prev_count), max(0.0, float(prev_ttl)) / 1000,
                                int(cur_count), max(0.0, float(cur_ttl)) / 1000)
 
@@ -164,15 +164,9 @@ class RateLimiter:
 
         When the storage fails the limit fails open, or — with ``local_fallback`` — is enforced per
         process in memory until the storage answers again."""
-        probe = False
-        if self._skip_until:  # the storage failed recently
-            now = time.monotonic()
-            if now < self._skip_until:
-                RATE_LIMIT_SKIPPED.labels(name).inc()
-                return await self._without_storage(item, name, *identifiers, local_fallback=local_fallback)
-            # Cooldown over: this request probes the storage; the others keep skipping until it answers.
-            self._skip_until = now + self.cooldown
-            probe = True
+        if not self.guard.attempt():  # the storage failed recently: skip it (one probe per cooldown)
+            RATE_LIMIT_SKIPPED.labels(name).inc()
+            return await self._without_storage(item, name, *identifiers, local_fallback=local_fallback)
         try:
             if self._script is not None:
                 decision = await self._hit_redis(item, name, *identifiers)
@@ -181,32 +175,29 @@ class RateLimiter:
                 reset_at, remaining = await self.strategy.get_window_stats(item, name, *identifiers)
                 decision = Decision(allowed, item.amount, int(remaining), float(reset_at))
         except Exception as exc:  # storage down or silent: fail open, loudly, and skip it for a while
-            self._storage_failed(exc, name)
+            RATE_LIMIT_ERRORS.labels(name).inc()
+            self.guard.failed(exc, name)
             return await self._without_storage(item, name, *identifiers, local_fallback=local_fallback)
-        if probe:
-            self._skip_until = 0.0
-            log.info("rate-limit storage answers again", extra={"limit": name, "backend": self.backend})
+        self.guard.succeeded()
         return decision
 
-    def _storage_failed(self, exc: Exception, name: str) -> None:
-        RATE_LIMIT_ERRORS.labels(name).inc()
-        now = time.monotonic()
-        self._skip_until = now + self.cooldown
-        if now - self._last_error_log >= 10:
-            self._last_error_log = now
-            log.warning("rate-limit storage failed; failing open",
-                        extra={"limit": name, "backend": self.backend, "error": type(exc).__name__,
-                               "cooldown_s": self.cooldown})
-
-    async def reset(self) -> None:
-        await self.storage.reset()
-
-    async def close(self) -> None:
-        for attr in ("bridge",):
-            bridge = getattr(self.storage, attr, None)
-            storage = getattr(bridge, "storage", None)
-            if storage is not None and hasattr(storage, "aclose"):
-                await storage.aclose()
+    async def enforce(self, request: Request, limit: str | RateLimitItem, name: str, *identifiers: str,
+                      local_fallback: bool = False) -> Decision:
+        """Consume one unit; raise 429 problem+json when the limit is exhausted. ``local_fallback``: keep
+        enforcing per process if the shared storage fails (for limits that guard security, e.g. login)."""
+        item = parse(limit) if isinstance(limit, str) else limit
+        decision = await self.hit(item, name, *identifiers, local_fallback=local_fallback)
+        if not decision.allowed:
+            route = route_template(request.scope)
+            RATE_LIMIT_HITS.labels(route).inc()
+            log.info("rate limit exceeded", extra={"limit": name, "route": route})
+            raise TooManyRequests(
+                f"Rate limit '{limit}' exceeded for {name}; retry in {decision.retry_after} s.",
+                headers={**decision.headers(), "X-RateLimit-Remaining": "0",
+                         "Retry-After": str(decision.retry_after)},
+            )
+        _remember(request, decision)
+        return decision
 
 
 def _unlimited(item: RateLimitItem) -> Decision:
@@ -219,25 +210,6 @@ def _remember(request: Request, decision: Decision) -> None:
     current: Decision | None = request.scope.get(RATELIMIT_STATE_KEY)
     if current is None or decision.remaining < current.remaining:
         request.scope[RATELIMIT_STATE_KEY] = decision
-
-
-async def enforce(request: Request, limit: str | RateLimitItem, name: str, *identifiers: str,
-                  local_fallback: bool = False) -> Decision:
-    """Consume one unit; raise 429 problem+json when the limit is exhausted. ``local_fallback``: keep
-    enforcing per process if the shared storage fails (for limits that guard security, e.g. login)."""
-    item = parse(limit) if isinstance(limit, str) else limit
-    limiter: RateLimiter = request.app.state.limiter
-    decision = await limiter.hit(item, name, *identifiers, local_fallback=local_fallback)
-    if not decision.allowed:
-        route = route_template(request.scope)
-        RATE_LIMIT_HITS.labels(route).inc()
-        log.info("rate limit exceeded", extra={"limit": name, "route": route})
-        raise TooManyRequests(
-            f"Rate limit '{limit}' exceeded for {name}; retry in {decision.retry_after} s.",
-            headers={**decision.headers(), "X-RateLimit-Remaining": "0", "Retry-After": str(decision.retry_after)},
-        )
-    _remember(request, decision)
-    return decision
 
 
 def client_ip(request: Request) -> str:
@@ -259,8 +231,11 @@ def RateLimit(  # noqa: N802 - reads like a class at the use site: Depends(RateL
     """
 
     async def dependency(request: Request) -> None:
-        limit = getattr(request.app.state.settings, setting)
-        await enforce(request, limit, name, key(request))
+        # Reads the lifespan's objects directly (what SettingsDep/LimiterDep would do): this runs on
+        # every /v1 request, and two sub-dependencies would cost more than the limit check itself.
+        state = request.app.state
+        limiter: RateLimiter = state.limiter
+        await limiter.enforce(request, getattr(state.settings, setting), name, key(request))
 
     dependency.__name__ = f"rate_limit_{name}"
     return dependency

@@ -1,4 +1,4 @@
-"""Passwords (Argon2id), access tokens (HS256 JWT) and the current-user dependency.
+"""Passwords (Argon2id) and access tokens (HS256 JWT): the primitives; the current user lives in ``app.auth.deps``.
 
 Passwords
     Argon2id through argon2-cffi's ``PasswordHasher`` with explicit parameters
@@ -32,19 +32,13 @@ import unicodedata
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import jwt
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.models import User
-from app.auth.repository import UserRepository
 from app.core.config import Settings
-from app.core.db import get_session
 from app.core.errors import ServiceUnavailable, Unauthorized
 from app.core.observability import PASSWORD_HASH_DURATION
 
@@ -168,13 +162,6 @@ def _timed(operation: str, fn: Any, *args: Any) -> Any:
         PASSWORD_HASH_DURATION.labels(operation).observe(time.perf_counter() - start)
 
 
-async def get_password_hashing(request: Request) -> PasswordHashing:  # async: no thread-pool hop
-    return request.app.state.passwords
-
-
-PasswordHashingDep = Annotated[PasswordHashing, Depends(get_password_hashing)]
-
-
 # --- access tokens ------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class AccessToken:
@@ -224,23 +211,3 @@ def decode_access_token(token: str, *, settings: Settings) -> uuid.UUID:
     except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
         log.info("access token refused", extra={"reason": type(exc).__name__})
         raise InvalidToken() from None
-
-
-_bearer = HTTPBearer(auto_error=False, description="An access token from POST /v1/auth/login.")
-
-
-async def get_current_user(
-    request: Request,
-    session: Annotated[AsyncSession, Depends(get_session, scope="function")],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
-    """The user the bearer token names; 401 without a valid token or when the user no longer exists."""
-    if credentials is None or not credentials.credentials:
-        raise Unauthorized()
-    user_id = decode_access_token(credentials.credentials, settings=request.app.state.settings)
-    user = await UserRepository(session).get(user_id)
-    if user is None:
-        log.info("access token refused", extra={"reason": "user-not-found"})
-        raise InvalidToken()
-    request.scope.setdefault("state", {})["user_id"] = str(user.id)
-    return user

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.market import service
+from app.market.deps import MarketDataDep
 from app.market.schemas import (
     DEFAULT_BARS_LIMIT,
     BarsOut,
@@ -18,18 +17,10 @@ from app.market.schemas import (
     Symbol,
     TimeframeQuery,
 )
-from app.providers.market_data import MarketData
 from app.providers.market_data.base import Timeframe
 
 router = APIRouter(prefix="/market-data", tags=["market data"])
 
-
-async def get_market_data(request: Request) -> MarketData:
-    # async: a plain `def` dependency would cost a thread-pool hop on every request
-    return request.app.state.market_data
-
-
-MarketDataDep = Annotated[MarketData, Depends(get_market_data)]
 
 _RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"headers": {"X-Cache": {"description": "HIT, MISS or STALE (provider failing; cached copy served)",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from app.core.db import ping
+from app.core.deps import DatabaseDep
 from app.core.errors import problem_response
 from app.core.observability import metrics_payload
 
@@ -23,9 +23,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="Readiness: the database answers", responses={503: {"description": "Not ready"}})
-async def readyz(request: Request) -> Response:
+async def readyz(database: DatabaseDep) -> Response:
     try:
-        await ping(request.app.state.engine, READINESS_TIMEOUT_SECONDS)
+        await database.ping(READINESS_TIMEOUT_SECONDS)
     except Exception as exc:
         log.warning("readiness check failed", extra={"error": type(exc).__name__})
         return problem_response(

@@ -1,18 +1,32 @@
-"""Alpaca OAuth 2.0 (authorization-code grant) for linking a user's brokerage account.
+"""OAuth 2.0 (authorization-code grant) for linking a user's brokerage account, behind one Protocol.
 
-The code exchange is a form POST through the shared outbound layer: total deadline, circuit breaker,
-metrics — and no retry (a POST is not idempotent, and an authorization code is single-use).
+* ``AlpacaOAuth`` (live): the code exchange is a form POST through the shared outbound layer: total
+  deadline, circuit breaker, metrics — and no retry (a POST is not idempotent, and an authorization
+  code is single-use).
+* ``LocalOAuth`` (local, ``BROKER_OAUTH_PROVIDER=local``, refused in production): an in-process
+  authorization server for development and tests. Consent is granted at once — the authorize URL
+  is the redirect URI itself, carrying a code — and the exchange, with no network, accepts only the
+  codes it issued.
+
+``build_broker_oauth`` picks one from the settings at startup; ``None`` (routes answer 503) while
+the live one lacks its client id, secret or redirect URI.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlencode
 
 from app.core.config import Settings
 from app.core.http import Outbound, OutboundClient
 
 PROVIDER = "alpaca-oauth"
+# `make run`'s own callback: where LocalOAuth sends the browser when ALPACA_OAUTH_REDIRECT_URI is unset.
+LOCAL_REDIRECT_URI = "http://127.0.0.1:8000/v1/oauth/alpaca/callback"
 SCOPE = "account:write trading"
 
 
@@ -25,6 +39,17 @@ class OAuthToken:
     access_token: str
     token_type: str
     scope: str | None
+
+
+class BrokerOAuth(Protocol):
+    def authorize_url(self, state: str) -> str:
+        """Where to send the user to grant access; the provider later redirects back with ``state``."""
+        ...
+
+    async def exchange(self, code: str) -> OAuthToken:
+        """Trade the code for an access token. Raises ``UpstreamError`` (timeout, 5xx, breaker open)
+        or ``OAuthExchangeError`` (refused code, unusable answer)."""
+        ...
 
 
 class AlpacaOAuth:
@@ -65,8 +90,30 @@ class AlpacaOAuth:
         return OAuthToken(access_token=token, token_type="bearer", scope=str(scope)[:255] if scope else None)
 
 
-def build_broker_oauth(settings: Settings, outbound: Outbound) -> AlpacaOAuth | None:
-    """The live OAuth client, or None (routes answer 503) while the OAuth settings are incomplete."""
+class LocalOAuth:
+    """An in-process authorization server: consent is immediate, codes are HMACs of the state."""
+
+    def __init__(self, *, redirect_uri: str, key: bytes | None = None) -> None:
+        self._redirect_uri = redirect_uri
+        self._key = key or secrets.token_bytes(32)
+
+    def _code(self, state: str) -> str:
+        return "local-" + hmac.new(self._key, state.encode(), hashlib.sha256).hexdigest()
+
+    def authorize_url(self, state: str) -> str:
+        return f"{self._redirect_uri}?{urlencode({'code': self._code(state), 'state': state})}"
+
+    async def exchange(self, code: str) -> OAuthToken:
+        if not code.startswith("local-") or len(code) != len("local-") + 64:
+            raise OAuthExchangeError("the local authorization server did not issue this code")
+        return OAuthToken(access_token="local-" + secrets.token_urlsafe(32), token_type="bearer", scope=SCOPE)
+
+
+def build_broker_oauth(settings: Settings, outbound: Outbound) -> BrokerOAuth | None:
+    """The OAuth client BROKER_OAUTH_PROVIDER names, or None (routes answer 503) while the live one's
+    settings are incomplete."""
+    if settings.broker_oauth_provider == "local":
+        return LocalOAuth(redirect_uri=settings.alpaca_oauth_redirect_uri or LOCAL_REDIRECT_URI)
     secret = settings.alpaca_oauth_client_secret.get_secret_value() if settings.alpaca_oauth_client_secret else ""
     if not (settings.alpaca_oauth_client_id and secret and settings.alpaca_oauth_redirect_uri):
         return None

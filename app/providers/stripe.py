@@ -1,4 +1,10 @@
-"""Stripe webhook verification with the official SDK.
+"""Stripe webhook verification behind a small Protocol, with the official SDK as its implementation.
+
+``WebhookVerifier`` is what billing depends on (``app.billing.deps``); ``build_webhook_verifier`` makes
+the one the settings call for at startup, and tests may swap it through ``app.dependency_overrides``.
+There is deliberately no "local" verifier that accepts unsigned events: verification needs no
+network, so the SDK one runs unchanged in development and tests (which sign their events exactly as
+Stripe does), and a switch that skips signatures would be one setting away from production.
 
 The signature is checked over the raw request bytes against every configured secret (several
 during a rotation) with a 300 s tolerance. ``WebhookSignature.verify_header`` is used with the
@@ -10,9 +16,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import stripe
+
+from app.core.config import Settings
 
 TOLERANCE_SECONDS = 300
 
@@ -29,7 +37,31 @@ class StripeEvent:
     data_object: dict[str, Any]
 
 
-def verify_event(payload: bytes, signature_header: str | None, secrets: list[str],
+class WebhookVerifier(Protocol):
+    def verify(self, payload: bytes, signature_header: str | None) -> StripeEvent:
+        """The event in ``payload``; ``InvalidSignature`` unless Stripe signed it with one of our secrets."""
+        ...
+
+
+class StripeSignatureVerifier:
+    """The live verifier: Stripe's SDK, every configured secret (rotation), a 300 s tolerance."""
+
+    def __init__(self, secrets: list[str], *, tolerance: int = TOLERANCE_SECONDS) -> None:
+        if not secrets:
+            raise ValueError("at least one webhook secret is required")
+        self._secrets = list(secrets)
+        self.tolerance = tolerance
+
+    def verify(self, payload: bytes, signature_header: str | None) -> StripeEvent:
+        return _verify_event(payload, signature_header, self._secrets, self.tolerance)
+
+
+def build_webhook_verifier(settings: Settings) -> WebhookVerifier:
+    """The verifier for STRIPE_WEBHOOK_SECRET (comma-separated during a rotation)."""
+    return StripeSignatureVerifier(settings.stripe_webhook_secrets)
+
+
+def _verify_event(payload: bytes, signature_header: str | None, secrets: list[str],
                  tolerance: int = TOLERANCE_SECONDS) -> StripeEvent:
     if not signature_header:
         raise InvalidSignature("missing Stripe-Signature header")

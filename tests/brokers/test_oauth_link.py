@@ -15,7 +15,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from app.brokers import service as brokers_service
+from app.brokers.repository import BrokerRepository
 from app.core.crypto import InvalidToken, TokenCipher
 from tests.support import db as dbsupport
 from tests.support.settings import TEST_FERNET_KEY
@@ -238,7 +238,8 @@ async def test_key_rotation_keeps_old_tokens_readable_and_cli_reencrypts(make_cl
 
 
 async def _app_access_token(client: httpx.AsyncClient, user_id: str) -> str | None:
+    """The token as the app itself reads it back: its database and its configured cipher."""
     app = client.app  # type: ignore[attr-defined]
-    async with app.state.sessionmaker() as session:
-        return await brokers_service.access_token(session=session, cipher=app.state.token_cipher,
-                                                  user_id=uuid.UUID(user_id))
+    async with app.state.database.own_transaction() as session:
+        row = await BrokerRepository(session).get_connection(uuid.UUID(user_id))
+    return app.state.token_cipher.decrypt(row.access_token_encrypted) if row else None

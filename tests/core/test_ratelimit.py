@@ -87,8 +87,10 @@ async def test_single_round_trip_redis_limiter_agrees_with_limits(require_redis:
     from limits import parse
 
     from app.core.ratelimit import RateLimiter
+    from app.core.redisconn import close_redis, connect_redis
 
-    limiter = RateLimiter(require_redis)
+    redis = connect_redis(require_redis)
+    limiter = RateLimiter(redis)
     item = parse("5/minute")
     try:
         decisions = [await limiter.hit(item, "agree", "1.2.3.4") for _ in range(7)]
@@ -102,7 +104,7 @@ async def test_single_round_trip_redis_limiter_agrees_with_limits(require_redis:
         assert other.allowed and other.remaining == 4
     finally:
         await limiter.storage.reset()
-        await limiter.close()
+        await close_redis(redis)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,6 +203,7 @@ async def test_limiter_probes_once_after_cooldown_and_recovers_when_redis_answer
     from prometheus_client import REGISTRY
 
     from app.core.ratelimit import STORAGE_TIMEOUT_SECONDS, RateLimiter
+    from app.core.redisconn import close_redis, connect_redis
 
     def count(metric: str) -> float:
         return REGISTRY.get_sample_value(metric, {"limit": "probe"}) or 0.0
@@ -209,7 +212,8 @@ async def test_limiter_probes_once_after_cooldown_and_recovers_when_redis_answer
     item = parse("3/minute")
     cooldown = 0.5
     async with LoopbackRedis(target=(real.hostname or "127.0.0.1", real.port or 6379)) as proxy:
-        limiter = RateLimiter(f"redis://127.0.0.1:{proxy.port}{real.path}", cooldown=cooldown)
+        redis = connect_redis(f"redis://127.0.0.1:{proxy.port}{real.path}")
+        limiter = RateLimiter(redis, cooldown=cooldown)
         try:
             errors0, skipped0 = count("rate_limit_storage_errors_total"), count("rate_limit_storage_skipped_total")
 
@@ -248,7 +252,7 @@ async def test_limiter_probes_once_after_cooldown_and_recovers_when_redis_answer
             _, remaining = await limiter.strategy.get_window_stats(item, "probe", "1.2.3.4")
             assert remaining == 0
         finally:
-            await limiter.close()
+            await close_redis(redis)
 
 
 async def test_docs_are_served_and_rate_limited_like_every_route(make_client) -> None:

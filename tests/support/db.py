@@ -11,6 +11,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 
+from app.core.config import normalize_database_url
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,11 +26,11 @@ def admin_url() -> str:
 
 
 def asyncpg_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1).replace("postgres://", "postgresql://", 1)
+    return normalize_database_url(url, driver=None)
 
 
 def sqlalchemy_url(url: str) -> str:
-    return "postgresql+asyncpg://" + asyncpg_dsn(url).split("://", 1)[1]
+    return normalize_database_url(url)
 
 
 def with_database(url: str, name: str) -> str:

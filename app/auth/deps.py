@@ -1,0 +1,70 @@
+"""Who is calling: the current-user dependency (401 without a valid token) and the optional caller.
+
+Core keeps the primitives (``app.core.security``: JWT issue/decode); turning a bearer token into a
+user is this feature's business. Routes use the aliases: ``user: CurrentUser``, ``caller: OptionalCaller``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.auth.models import User
+from app.auth.repository import UserRepository
+from app.core.deps import SessionDep, SettingsDep
+from app.core.errors import BadRequest, Unauthorized
+from app.core.security import InvalidToken, decode_access_token
+
+log = logging.getLogger("tradedesk.auth")
+
+_bearer = HTTPBearer(auto_error=False, description="An access token from POST /v1/auth/login.")
+
+
+def _remember_user(request: Request, user_id: uuid.UUID) -> None:
+    # The access log and metrics middleware read the caller from the scope's state.
+    request.scope.setdefault("state", {})["user_id"] = str(user_id)
+
+
+async def get_current_user(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """The user the bearer token names; 401 without a valid token or when the user no longer exists."""
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized()
+    user_id = decode_access_token(credentials.credentials, settings=settings)
+    user = await UserRepository(session).get(user_id)
+    if user is None:
+        log.info("access token refused", extra={"reason": "user-not-found"})
+        raise InvalidToken()
+    _remember_user(request, user.id)
+    return user
+
+
+async def get_optional_caller(request: Request, settings: SettingsDep) -> uuid.UUID | None:
+    """The caller's user id when the request carries a bearer token, else None (no database read).
+
+    For routes a browser reaches without a token (an OAuth callback) but where a token, when sent,
+    must be valid: a malformed header is 400, an invalid or expired token 401.
+    """
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise BadRequest("Authorization must be 'Bearer <access_token>'.")
+    user_id = decode_access_token(token.strip(), settings=settings)
+    _remember_user(request, user_id)
+    return user_id
+
+
+# The authenticated user (401 problem+json otherwise).
+CurrentUser = Annotated[User, Depends(get_current_user)]
+# The caller's user id if a bearer token was sent, else None.
+OptionalCaller = Annotated[uuid.UUID | None, Depends(get_optional_caller)]
