@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help install run test bench lint migrate clean
+.PHONY: help install run test bench lint fmt migrate clean
 
 help:
 	@echo "make run    - bootstrap (venv, deps, .env, database, migrations) and serve on http://127.0.0.1:8000"
 	@echo "make test   - bootstrap and run the test suite against a real PostgreSQL (and Redis if REDIS_URL)"
 	@echo "make bench  - run the benchmarks and print the figures recorded in docs/performance.md"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff check, ruff format --check, mypy (strict on app/core and app/quant)"
+	@echo "make fmt    - ruff format and the safe ruff fixes"
 	@echo "make migrate - alembic upgrade head against DATABASE_URL"
 
 $(STAMP): pyproject.toml
@@ -32,8 +33,16 @@ test: install
 bench: install
 	$(BIN)/python bench/run.py $(BENCH)
 
+LINT_PATHS := app tests scripts bench migrations
+
 lint: install
-	$(BIN)/ruff check app tests scripts bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff check --fix $(LINT_PATHS)
+	$(BIN)/ruff format $(LINT_PATHS)
 
 migrate: install
 	$(BIN)/alembic upgrade head

@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import User
+from app.core.db import rowcount
 
 EMAIL_UNIQUE_CONSTRAINT = "uq_users_email_normalized"
 UNIQUE_VIOLATION = "23505"
@@ -70,12 +71,12 @@ class UserRepository:
             .values(password_hash=new_hash, updated_at=func.now())
             .execution_options(synchronize_session=False)
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return rowcount(result) > 0
 
     async def update_profile(self, user: User, values: dict[str, str | None]) -> User:
         for name, value in values.items():
             setattr(user, name, value)
-        user.updated_at = func.now()  # type: ignore[assignment]
+        user.updated_at = func.now()
         await self.session.flush()
         await self.session.refresh(user)
         return user

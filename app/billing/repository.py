@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 
 import sqlalchemy.exc
-from sqlalchemy import Select, and_, or_, select, text, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -116,17 +116,14 @@ class BillingRepository:
             await self.session.execute(select(BillingAccount).where(BillingAccount.user_id == user_id))
         ).scalar_one_or_none()
 
-    def _payments_for_user(self, user_id: uuid.UUID) -> Select[tuple[Payment]]:
-        return (
+    async def payments_page(self, *, user_id: uuid.UUID, limit: int,
+                            after: tuple[dt.datetime, uuid.UUID] | None) -> list[Payment]:
+        """Newest first, keyset-paginated on (paid_at, id)."""
+        stmt = (
             select(Payment)
             .join(BillingAccount, BillingAccount.stripe_customer_id == Payment.stripe_customer_id)
             .where(BillingAccount.user_id == user_id)
         )
-
-    async def payments_page(self, *, user_id: uuid.UUID, limit: int,
-                            after: tuple[dt.datetime, uuid.UUID] | None) -> list[Payment]:
-        """Newest first, keyset-paginated on (paid_at, id)."""
-        stmt = self._payments_for_user(user_id)
         if after is not None:
             paid_at, pid = after
             stmt = stmt.where(or_(Payment.paid_at < paid_at, and_(Payment.paid_at == paid_at, Payment.id < pid)))

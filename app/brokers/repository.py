@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.brokers.models import BrokerConnection, OAuthState
+from app.core.db import rowcount
 
 
 class BrokerRepository:
@@ -40,7 +41,7 @@ class BrokerRepository:
 
     async def purge_states(self, *, older_than: dt.datetime) -> int:
         result = await self.session.execute(delete(OAuthState).where(OAuthState.expires_at < older_than))
-        return result.rowcount or 0
+        return rowcount(result)
 
     async def upsert_connection(self, *, user_id: uuid.UUID, provider: str, token_encrypted: str,
                                 scope: str | None) -> None:
@@ -58,7 +59,7 @@ class BrokerRepository:
 
     async def delete_connection(self, user_id: uuid.UUID) -> bool:
         result = await self.session.execute(delete(BrokerConnection).where(BrokerConnection.user_id == user_id))
-        return bool(result.rowcount)
+        return rowcount(result) > 0
 
     async def connection_ids_after(self, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
         stmt = select(BrokerConnection.user_id).order_by(BrokerConnection.user_id).limit(limit)

@@ -275,6 +275,7 @@ def _problems_from(error: ValidationError) -> dict[str, str]:
 def load_settings(**overrides: object) -> Settings:
     """Build and validate Settings; raise ConfigurationError naming every bad variable."""
     try:
+        # Overrides are validated (and coerced) by pydantic, so they are typed as plain objects here.
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise ConfigurationError(_problems_from(exc)) from None

@@ -22,11 +22,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy.exc
 from fastapi import Request
-from sqlalchemy import MetaData, event, text
+from sqlalchemy import CursorResult, MetaData, Result, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.util import await_
@@ -79,6 +79,7 @@ def _instrument_pool(engine: AsyncEngine, settings: Settings) -> None:
     DB_POOL_SIZE.set(settings.db_pool_size)
 
     def _update(*_: Any) -> None:
+        # The engine's pool is a QueuePool (bounded): these exist there, not on the Pool base class.
         DB_POOL_CHECKED_OUT.set(pool.checkedout())  # type: ignore[attr-defined]
         DB_POOL_OVERFLOW.set(pool.overflow())  # type: ignore[attr-defined]
 
@@ -106,6 +107,11 @@ def _pre_ping(engine: AsyncEngine) -> None:
             raise sqlalchemy.exc.DisconnectionError("pooled connection failed its pre-ping") from exc
 
     event.listen(engine.sync_engine.pool, "checkout", checkout)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE/DELETE touched. Its result is a CursorResult; ``Session.execute`` is typed as Result."""
+    return cast(CursorResult[Any], result).rowcount or 0
 
 
 class Database:

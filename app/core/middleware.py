@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Sequence
 
+from prometheus_client import Counter, Histogram
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware as StarletteCORSMiddleware
 from starlette.responses import Response
@@ -112,7 +113,7 @@ class RequestContextMiddleware:
             *base,
             (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
         ]
-        self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.access_log = AccessLogWriter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -176,8 +177,8 @@ class RequestContextMiddleware:
                 children = (HTTP_REQUESTS.labels(method, route, str(status)), HTTP_DURATION.labels(method, route))
                 if len(self._children) < 5000:
                     self._children[key] = children
-            children[0].inc()  # type: ignore[attr-defined]
-            children[1].observe(duration)  # type: ignore[attr-defined]
+            children[0].inc()
+            children[1].observe(duration)
             if self.access_log.enabled():
                 self.access_log.write(now=time.time(), request_id=request_id, method=method, route=route,
                                       path=path, status=status, duration=duration, client_ip=client_ip)

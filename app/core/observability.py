@@ -114,7 +114,7 @@ def metrics_payload() -> tuple[bytes, str]:
     """Render the metrics exposition (aggregated across workers in multiprocess mode)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # prometheus_client's multiprocess module is unannotated
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST
 
@@ -143,7 +143,7 @@ def prune_dead_workers() -> list[int]:
         except OSError:  # exists, owned by someone else
             continue
     for pid in dead:
-        multiprocess.mark_process_dead(pid, path)
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]  # unannotated upstream
     return dead
 
 
@@ -151,7 +151,7 @@ def mark_worker_stopped() -> None:
     """A stopping worker (end of its lifespan) removes its own live-gauge files."""
     path = _multiprocess_dir()
     if path is not None:
-        multiprocess.mark_process_dead(os.getpid(), path)
+        multiprocess.mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]  # unannotated upstream
 
 
 # --------------------------------------------------------------------------------------

@@ -128,7 +128,9 @@ class RateLimiter:
             # limits' Redis storage on the app's own connection pool: its key scheme and strategy are
             # used as they are (tests read windows through it); the hot path is our one-script hit.
             self.storage = RedisStorage("async+redis://", implementation="redispy", key_prefix=key_prefix,
-                                        wrap_exceptions=True, connection_pool=redis.connection_pool)
+                                        wrap_exceptions=True,
+                                        # limits types **options as scalars; its redis-py bridge takes a pool
+                                        connection_pool=redis.connection_pool)  # type: ignore[arg-type]
             self.backend = "redis"
             self._script = redis.register_script(_ACQUIRE_AND_REPORT)
         else:

@@ -32,7 +32,8 @@ import unicodedata
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jwt
 from argon2 import PasswordHasher, Type
@@ -43,6 +44,8 @@ from app.core.errors import ServiceUnavailable, Unauthorized
 from app.core.observability import PASSWORD_HASH_DURATION
 
 log = logging.getLogger("tradedesk.security")
+
+T = TypeVar("T")
 
 # --- Argon2id parameters (OWASP Password Storage Cheat Sheet, first option) -------------------------
 # m = 19 MiB, t = 2, p = 1: ~20 ms per hash on one core of the reference box (see docs/auth.md for
@@ -117,7 +120,7 @@ class PasswordHashing:
         h = self.hasher
         return f"argon2id m={h.memory_cost} KiB, t={h.time_cost}, p={h.parallelism}"
 
-    async def _run(self, operation: str, fn: Any, *args: Any) -> Any:
+    async def _run(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
         if self._pending >= self.max_pending:
             log.warning("password hashing queue full; shedding load", extra={"pending": self._pending})
             raise ServiceUnavailable("The sign-in service is busy; retry shortly.", retry_after=1)
@@ -154,7 +157,7 @@ class PasswordHashing:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _timed(operation: str, fn: Any, *args: Any) -> Any:
+def _timed(operation: str, fn: Callable[..., T], *args: Any) -> T:
     start = time.perf_counter()
     try:
         return fn(*args)

@@ -5,8 +5,8 @@
   code is single-use).
 * ``LocalOAuth`` (local, ``BROKER_OAUTH_PROVIDER=local``, refused in production): an in-process
   authorization server for development and tests. Consent is granted at once — the authorize URL
-  is the redirect URI itself, carrying a code — and the exchange, with no network, accepts only the
-  codes it issued.
+  is the redirect URI itself, carrying a code — and the exchange, with no network, accepts only a
+  code it issued, once.
 
 ``build_broker_oauth`` picks one from the settings at startup; ``None`` (routes answer 503) while
 the live one lacks its client id, secret or redirect URI.
@@ -14,9 +14,8 @@ the live one lacks its client id, secret or redirect URI.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlencode
@@ -91,21 +90,26 @@ class AlpacaOAuth:
 
 
 class LocalOAuth:
-    """An in-process authorization server: consent is immediate, codes are HMACs of the state."""
+    """An in-process authorization server: consent is immediate; each code it issues is single-use.
 
-    def __init__(self, *, redirect_uri: str, key: bytes | None = None) -> None:
+    One process's memory holds the codes (at most ``max_pending``, oldest dropped first): made for
+    ``make run`` and tests, not for several workers."""
+
+    def __init__(self, *, redirect_uri: str, max_pending: int = 10_000) -> None:
         self._redirect_uri = redirect_uri
-        self._key = key or secrets.token_bytes(32)
-
-    def _code(self, state: str) -> str:
-        return "local-" + hmac.new(self._key, state.encode(), hashlib.sha256).hexdigest()
+        self._max_pending = max_pending
+        self._issued: OrderedDict[str, None] = OrderedDict()
 
     def authorize_url(self, state: str) -> str:
-        return f"{self._redirect_uri}?{urlencode({'code': self._code(state), 'state': state})}"
+        code = "local-" + secrets.token_urlsafe(32)
+        self._issued[code] = None
+        while len(self._issued) > self._max_pending:
+            self._issued.popitem(last=False)
+        return f"{self._redirect_uri}?{urlencode({'code': code, 'state': state})}"
 
     async def exchange(self, code: str) -> OAuthToken:
-        if not code.startswith("local-") or len(code) != len("local-") + 64:
-            raise OAuthExchangeError("the local authorization server did not issue this code")
+        if self._issued.pop(code, False) is False:
+            raise OAuthExchangeError("the local authorization server did not issue this code, or it was used")
         return OAuthToken(access_token="local-" + secrets.token_urlsafe(32), token_type="bearer", scope=SCOPE)
 
 

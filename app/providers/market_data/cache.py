@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import json
 import math
 import time
@@ -156,7 +157,7 @@ class MarketDataCache:
         if task is None:
             task = asyncio.create_task(self._lead(key, fetch), name=f"market-data-fetch:{key}")
             self._inflight[key] = task
-            task.add_done_callback(lambda done, key=key: self._finished(key, done))
+            task.add_done_callback(functools.partial(self._finished, key))
         try:
             value = await asyncio.shield(task)
         except UpstreamError:
@@ -231,6 +232,8 @@ class MarketDataCache:
         raise UpstreamTimeout(self.provider, seconds=self.wait_seconds)
 
     async def _wait_for_leader(self, key: str, holder: str) -> Any:
+        if self.redis is None:  # no other process to wait for
+            return _GONE
         keys = [self._k("v", key), self._k("err", key), self._k("lock", key)]
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.wait_seconds
@@ -285,9 +288,12 @@ class MarketDataCache:
         if task is None:
             task = asyncio.create_task(self._read(key, time.time()))
             self._reads[key] = task
-            task.add_done_callback(lambda done, key=key: self._reads.pop(key, None) if self._reads.get(key) is done
-                                   else None)
+            task.add_done_callback(functools.partial(self._read_finished, key))
         return await asyncio.shield(task)
+
+    def _read_finished(self, key: str, task: asyncio.Task[Any]) -> None:
+        if self._reads.get(key) is task:
+            del self._reads[key]
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))
@@ -322,6 +328,8 @@ class MarketDataCache:
             self._l1.put(key, entry, time.monotonic() + ttl)
 
     async def _unlock(self, lock_key: str, token: str) -> None:
+        if self._unlock_script is None:
+            return
         try:
             await self._unlock_script(keys=[lock_key], args=[token])
         except REDIS_FAILURES as exc:
@@ -334,6 +342,8 @@ class MarketDataCache:
             marker = json.dumps({"token": token, "kind": "not_found", "detail": exc.detail})
         else:
             marker = json.dumps({"token": token, "kind": exc.outcome, "retry_after": exc.retry_after})
+        if self.redis is None:  # no other process is waiting
+            return
         try:
             await self.redis.set(self._k("err", key), marker, px=ERROR_MARKER_MS)
         except REDIS_FAILURES as failure:

@@ -44,7 +44,8 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         x = x + np.uint64(0x9E3779B97F4A7C15)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+        mixed: np.ndarray = x ^ (x >> np.uint64(31))
+        return mixed
 
 
 def _normal(h: np.ndarray) -> np.ndarray:
@@ -125,7 +126,8 @@ class SyntheticProvider:
 
     def price_at(self, symbol: str, seconds: np.ndarray) -> np.ndarray:
         """The unrounded path (for tests and notebooks)."""
-        return np.exp(_log_prices(self._profile(symbol), np.asarray(seconds, dtype=np.float64)))
+        prices: np.ndarray = np.exp(_log_prices(self._profile(symbol), np.asarray(seconds, dtype=np.float64)))
+        return prices
 
     async def latest_quote(self, symbol: str) -> Quote:
         now = math.floor(self.clock())
