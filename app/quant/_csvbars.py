@@ -29,9 +29,11 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from types import ModuleType
+from typing import Any, BinaryIO, TypeAlias, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
 HEADER_TEXT = ",".join(COLUMNS)
@@ -61,8 +63,16 @@ _NUM_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NONFINITE_RE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
 _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
+IntArray: TypeAlias = npt.NDArray[np.int64]
+BoolArray: TypeAlias = npt.NDArray[np.bool_]
+FloatArray: TypeAlias = npt.NDArray[np.float64]
+U8Array: TypeAlias = npt.NDArray[np.uint8]
+#: (seconds, nanoseconds, line number) of the last row read: what the time-order check carries.
+LastRow: TypeAlias = tuple[int, int, int]
+_IntOrArray = TypeVar("_IntOrArray", int, IntArray)
 
-def _days_from_civil(y, m, d):
+
+def _days_from_civil(y: _IntOrArray, m: _IntOrArray, d: _IntOrArray) -> _IntOrArray:
     """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm); ints or arrays."""
     y = y - (m <= 2)
     era = y // 400
@@ -70,11 +80,13 @@ def _days_from_civil(y, m, d):
     mp = (m + 9) % 12
     doy = (153 * mp + 2) // 5 + d - 1
     doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
+    days: _IntOrArray = era * 146097 + doe - 719468
+    return days
 
 
-def _is_leap(y):
-    return ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
+def _is_leap(y: IntArray) -> BoolArray:
+    leap: BoolArray = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
+    return leap
 
 
 def parse_timestamp(text: str) -> tuple[int, int]:
@@ -122,16 +134,17 @@ def _parse_number(text: str) -> float:
 # vectorised timestamps for rows that share one layout
 
 
-def _gather_rows(buf: bytes, starts: np.ndarray, width: int) -> np.ndarray | None:
+def _gather_rows(buf: bytes, starts: IntArray, width: int) -> U8Array | None:
     """(rows, width) uint8 matrix of buf[start:start+width] for every start (one fixed-size gather)."""
     nbytes = len(buf)
     if starts.size == 0 or int(starts[-1]) + width > nbytes:
         return None
     rows = np.ndarray(shape=(nbytes - width + 1,), dtype=np.dtype((np.void, width)), buffer=buf, strides=(1,))
-    return rows[starts].view(np.uint8).reshape(-1, width)
+    gathered: U8Array = rows[starts].view(np.uint8).reshape(-1, width)
+    return gathered
 
 
-def _timestamps_fast(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _timestamps_fast(cols: U8Array) -> tuple[IntArray, IntArray] | None:
     """Parse timestamp fields that all have the width of ``cols`` (rows x width, uint8), or None if
     any row does not share the first row's layout or fails a range check – the batch is then
     re-parsed by the reference parser, which reports the error."""
@@ -160,7 +173,7 @@ def _timestamps_fast(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     n = cols.shape[0]
     zero = np.zeros(n, dtype=np.int64)
 
-    def field(name: str) -> np.ndarray | None:
+    def field(name: str) -> IntArray | None:
         if mt.group(name) is None:
             return None
         a, b = mt.start(name), mt.end(name)
@@ -172,6 +185,8 @@ def _timestamps_fast(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         return out
 
     y, mo, d = field("Y"), field("M"), field("D")
+    if y is None or mo is None or d is None:  # pragma: no cover - the date groups are not optional in _TS_RE
+        return None
     h = field("h")
     mi = field("m")
     s = field("s")
@@ -203,12 +218,12 @@ def _timestamps_fast(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 # batches of raw lines
 
 
-def _line_batches(f: BinaryIO, chunk_rows: int, first_line: int) -> Iterator[tuple[bytes, np.ndarray, int]]:
+def _line_batches(f: BinaryIO, chunk_rows: int, first_line: int) -> Iterator[tuple[bytes, IntArray, int]]:
     """Yield (bytes of up to ``chunk_rows`` complete lines, positions of their '\\n', bytes consumed)."""
     read_size = 1 << 16
     lines_seen = 0
     tail = b""
-    queue: deque[list] = deque()  # [block, line ends in block, next line index, next byte]
+    queue: deque[list[Any]] = deque()  # [block, line ends in block, next line index, next byte]
     queued = 0
     eof = False
     overlong = False  # a line without a break beyond _MAX_LINE_BYTES: raised once the lines before it are out
@@ -240,7 +255,7 @@ def _line_batches(f: BinaryIO, chunk_rows: int, first_line: int) -> Iterator[tup
             return
         need = min(chunk_rows, queued)
         parts: list[memoryview] = []
-        ends_parts: list[np.ndarray] = []
+        ends_parts: list[IntArray] = []
         size = 0
         consumed = 0
         while need:
@@ -274,23 +289,24 @@ def _line_batches(f: BinaryIO, chunk_rows: int, first_line: int) -> Iterator[tup
 
 @dataclass
 class Batch:
-    sec: np.ndarray  # int64 seconds since the epoch (UTC)
-    nsec: np.ndarray  # int64 nanoseconds
-    values: np.ndarray  # (rows, 5) float64: open, high, low, close, volume
-    lines: np.ndarray  # int64 line number of every row
+    sec: IntArray  # int64 seconds since the epoch (UTC)
+    nsec: IntArray  # int64 nanoseconds
+    values: FloatArray  # (rows, 5) float64: open, high, low, close, volume
+    lines: IntArray  # int64 line number of every row
 
     def __len__(self) -> int:
-        return self.values.shape[0]
+        rows: int = self.values.shape[0]
+        return rows
 
 
-def _values_ok(values: np.ndarray) -> bool:
+def _values_ok(values: FloatArray) -> bool:
     """Prices finite and > 0, volumes finite and >= 0 (NaN fails every comparison)."""
     if values.shape[0] == 0:
         return True
     return bool(values[:, :4].min() > 0.0 and values.max() < np.inf and values[:, 4].min() >= 0.0)
 
 
-def _later(sec: int, nsec: int, last: tuple[int, int, int] | None) -> bool:
+def _later(sec: int, nsec: int, last: LastRow | None) -> bool:
     return last is None or sec > last[0] or (sec == last[0] and nsec > last[1])
 
 
@@ -301,7 +317,15 @@ def _order_error(line: int, prev_line: int) -> CsvValidationError:
     )
 
 
-def _parse_slow(buf, starts, stop, lines, out: Batch, rows: slice, last):
+def _parse_slow(
+    buf: bytes,
+    starts: IntArray,
+    stop: IntArray,
+    lines: IntArray,
+    out: Batch,
+    rows: slice,
+    last: LastRow | None,
+) -> LastRow | None:
     """Reference parser: one row at a time with the csv module and the strict grammars; checks the
     time order as it goes, so the first error in line order is the one reported."""
     sec, nsec, values = out.sec, out.nsec, out.values
@@ -336,18 +360,21 @@ def _parse_slow(buf, starts, stop, lines, out: Batch, rows: slice, last):
             if j == 4 and not (0.0 <= v < math.inf):
                 raise CsvValidationError(ln, f"volume must be a finite number >= 0, got {text.strip()!r}")
             values[i, j] = v
-        if not _later(ts[0], ts[1], last):
+        if last is not None and not _later(ts[0], ts[1], last):
             raise _order_error(ln, last[2])
         sec[i], nsec[i] = ts
         last = (ts[0], ts[1], ln)
     return last
 
 
-def parse_batch(buf: bytes, ends: np.ndarray, first_line: int, last=None) -> tuple[Batch, tuple | None]:
+def parse_batch(
+    buf: bytes, ends: IntArray, first_line: int, last: LastRow | None = None
+) -> tuple[Batch, LastRow | None]:
     """Parse one batch of complete lines (``ends``: positions of their '\n' in ``buf``), checking
     that time ascends from ``last`` = (sec, nsec, line) of the previous row (None at the start).
     Returns the batch and the new ``last``."""
-    import pandas as pd  # imported here: the module is usable (and cheap) without it
+    # imported here: the module is usable (and cheap) without it
+    import pandas as pd  # type: ignore[import-untyped]  # pandas-stubs is not among the dev dependencies
 
     arr = np.frombuffer(buf, np.uint8)
     n_lines = ends.size
@@ -372,7 +399,16 @@ def parse_batch(buf: bytes, ends: np.ndarray, first_line: int, last=None) -> tup
     return out, last
 
 
-def _parse_fast(pd, buf, arr, starts, stop, ends, out: Batch, rows: slice) -> bool:
+def _parse_fast(
+    pd: ModuleType,
+    buf: bytes,
+    arr: U8Array,
+    starts: IntArray,
+    stop: IntArray,
+    ends: IntArray,
+    out: Batch,
+    rows: slice,
+) -> bool:
     """The vectorised path for the lines of one part; False whenever anything is unusual (the
     reference parser then parses the part and reports any error)."""
     n = ends.size
@@ -460,7 +496,7 @@ def iter_batches(f: BinaryIO, chunk_rows: int) -> Iterator[tuple[Batch, int]]:
         yield batch, consumed
 
 
-def _check_ascending(batch: Batch, rows: slice, last):
+def _check_ascending(batch: Batch, rows: slice, last: LastRow | None) -> LastRow:
     sec, nsec = batch.sec[rows], batch.nsec[rows]
     lines = batch.lines[rows]
     if last is not None and not _later(int(sec[0]), int(nsec[0]), last):

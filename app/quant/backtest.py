@@ -19,35 +19,40 @@ trades on a rounding error – and the result does not depend on ``chunk_rows``.
 The file is read ``chunk_rows`` rows at a time (see ``_csvbars``); between chunks only the last
 ``slow - 1`` closes, the position, cash, shares and the drawdown state are carried.
 
-Command line: ``python -m app.quant.backtest FILE --fast 20 --slow 50 [--commission C]
-[--initial-cash X] [--chunk-rows N] [--plot equity.png] [--json]``.
+This is the library only: it imports neither argparse nor tqdm nor matplotlib.  The command line,
+``python -m app.quant.backtest FILE --fast 20 --slow 50 [--commission C] [--initial-cash X]
+[--chunk-rows N] [--plot equity.png] [--json]``, lives in :mod:`app.quant.backtest_cli`; running
+this module as ``__main__`` hands over to it.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import numbers
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from app.quant._csvbars import CsvValidationError, iter_batches
 
 __all__ = ["CsvValidationError", "EquityDownsampler", "run_backtest", "main"]
 
-EquityCallback = Callable[[int, np.ndarray], None]
+FloatArray: TypeAlias = npt.NDArray[np.float64]
+BoolArray: TypeAlias = npt.NDArray[np.bool_]
+IntArray: TypeAlias = npt.NDArray[np.int64]
+#: ``equity_callback(first_bar, equity)``: one chunk's close-marked equity, bars ``first_bar, …``.
+EquityCallback: TypeAlias = Callable[[int, FloatArray], None]
 
 
 # --------------------------------------------------------------------------------------------------
 # exact SMA comparison
 
 
-def _limb_split(ext: np.ndarray, bits: int, nlimbs: int, exp0: int) -> list[np.ndarray]:
+def _limb_split(ext: FloatArray, bits: int, nlimbs: int, exp0: int) -> list[IntArray]:
     """Exact base-2**bits digits (low first) of the integers ext / 2**exp0."""
     rest = np.ldexp(ext, -exp0)  # exact: a power-of-two scaling of integers below 2**1023
     limbs = []
@@ -58,7 +63,7 @@ def _limb_split(ext: np.ndarray, bits: int, nlimbs: int, exp0: int) -> list[np.n
     return limbs[::-1]
 
 
-def _fast_above_slow(ext: np.ndarray, nf: int, ns: int, j0: int) -> np.ndarray:
+def _fast_above_slow(ext: FloatArray, nf: int, ns: int, j0: int) -> BoolArray:
     """For every window end j in [j0, len(ext)): is mean(last nf) > mean(last ns), exactly?
 
     Equivalent to ns * S_f - nf * S_s > 0 for the window sums S.  Every double is an integer
@@ -82,7 +87,7 @@ def _fast_above_slow(ext: np.ndarray, nf: int, ns: int, j0: int) -> np.ndarray:
     hi = slice(j0 + 1, n + 1)
     lo_f = slice(j0 + 1 - nf, n + 1 - nf)
     lo_s = slice(j0 + 1 - ns, n + 1 - ns)
-    d = []
+    d: list[IntArray] = []
     for limb in _limb_split(ext, bits, nlimbs, exp0):
         p = np.empty(n + 1, dtype=np.int64)
         p[0] = 0
@@ -97,10 +102,11 @@ def _fast_above_slow(ext: np.ndarray, nf: int, ns: int, j0: int) -> np.ndarray:
         d[k + 1] = d[k + 1] + carry
         any_low |= d[k] != 0
     top = d[-1]
-    return (top > 0) | ((top == 0) & any_low)
+    above: BoolArray = (top > 0) | ((top == 0) & any_low)
+    return above
 
 
-def _fast_above_slow_objects(ext: np.ndarray, nf: int, ns: int, j0: int) -> np.ndarray:
+def _fast_above_slow_objects(ext: FloatArray, nf: int, ns: int, j0: int) -> BoolArray:
     """Same as _fast_above_slow with Python integers (for absurd price ranges or windows)."""
     mant, exps = np.frexp(ext)
     e_min = int(exps.min())
@@ -127,7 +133,7 @@ class _Strategy:
         self.buy_factor = 1.0 + commission
         self.sell_factor = 1.0 - commission
         self.initial_cash = initial_cash
-        self.tail = np.empty(0)  # the last slow-1 closes
+        self.tail: FloatArray = np.empty(0)  # the last slow-1 closes
         self.bars = 0
         self.target = False  # target after the last bar seen (fills at the next open)
         self.held = False  # position held during the last bar
@@ -138,7 +144,7 @@ class _Strategy:
         self.n_trades = 0
         self.equity = initial_cash
 
-    def step(self, opens: np.ndarray, closes: np.ndarray) -> np.ndarray:
+    def step(self, opens: FloatArray, closes: FloatArray) -> FloatArray:
         m = closes.shape[0]
         if m == 0:
             return np.empty(0)
@@ -176,7 +182,7 @@ class _Strategy:
         seg = np.cumsum(fill)
         # equity = cash + shares * close: exactly shares * close when long (cash is 0.0) and
         # exactly cash when flat (shares is 0.0)
-        equity = np.where(held, np.asarray(seg_shares)[seg] * closes, np.asarray(seg_cash)[seg])
+        equity: FloatArray = np.where(held, np.asarray(seg_shares)[seg] * closes, np.asarray(seg_cash)[seg])
         peaks = np.maximum.accumulate(equity)
         np.maximum(peaks, self.peak, out=peaks)
         dd = (peaks - equity) / peaks
@@ -226,7 +232,7 @@ def run_backtest(
     commission: float = 0.0,
     initial_cash: float = 100000.0,
     chunk_rows: int = 100000,
-    progress: Callable[[float], Any] | None = None,
+    progress: Callable[[float], object] | None = None,
     *,
     equity_callback: EquityCallback | None = None,
 ) -> dict[str, Any]:
@@ -297,7 +303,7 @@ class EquityDownsampler:
         # per bucket: index, then (bar, value) of first, min, max, last
         self._b: dict[int, list[float]] = {}
 
-    def __call__(self, first_bar: int, equity: np.ndarray) -> None:
+    def __call__(self, first_bar: int, equity: FloatArray) -> None:
         n = equity.shape[0]
         if n == 0:
             return
@@ -346,7 +352,7 @@ class EquityDownsampler:
         for key in sorted(old):
             self._add(key // 2, old[key])
 
-    def points(self) -> tuple[np.ndarray, np.ndarray]:
+    def points(self) -> tuple[IntArray, FloatArray]:
         """(bar indices, equity) of the kept points, in bar order, duplicates removed."""
         pts: dict[int, float] = {}
         for rec in self._b.values():
@@ -356,133 +362,14 @@ class EquityDownsampler:
         return bars, np.array([pts[b] for b in bars.tolist()], dtype=np.float64)
 
 
-# --------------------------------------------------------------------------------------------------
-# command line
-
-
-def _plot(path: str, bars: np.ndarray, equity: np.ndarray, initial_cash: float, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
-    try:
-        x = np.concatenate(([-1], bars))
-        y = np.concatenate(([initial_cash], equity))
-        ax.plot(x, y, linewidth=0.8, color="tab:blue")
-        ax.axhline(initial_cash, color="grey", linewidth=0.6, linestyle="--")
-        ax.set_xlabel("bar")
-        ax.set_ylabel("equity")
-        ax.set_title(title)
-        ax.grid(True, linewidth=0.3)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
-
-
-def _format_table(result: dict[str, Any], params: dict[str, Any]) -> str:
-    rows = [
-        ("file", params["file"]),
-        ("fast / slow", f"{params['fast']} / {params['slow']}"),
-        ("commission", f"{params['commission']:g}"),
-        ("initial cash", f"{params['initial_cash']:,.2f}"),
-        ("bars", f"{result['bars']:,}"),
-        ("trades", f"{result['n_trades']:,}"),
-        ("final equity", f"{result['final_equity']:,.2f}"),
-        ("total return", f"{result['total_return'] * 100:+.4f} %"),
-        ("max drawdown", f"{result['max_drawdown'] * 100:.4f} %"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m app.quant.backtest",
-        description="Backtest an SMA crossover (long when fast SMA > slow SMA) over an OHLCV CSV file "
-        "with header timestamp,open,high,low,close,volume.",
-    )
-    parser.add_argument("file", help="CSV file of bars in ascending time")
-    parser.add_argument("--fast", type=int, default=20, help="fast SMA window in bars (default 20)")
-    parser.add_argument("--slow", type=int, default=50, help="slow SMA window in bars (default 50)")
-    parser.add_argument(
-        "--commission", type=float, default=0.0, help="proportional commission per fill (default 0)"
-    )
-    parser.add_argument("--initial-cash", type=float, default=100000.0, help="starting cash (default 100000)")
-    parser.add_argument("--chunk-rows", type=int, default=100000, help="rows read per chunk (default 100000)")
-    parser.add_argument("--plot", metavar="PNG", help="write the equity curve to this PNG file")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(argv)
+    """The command line (:func:`app.quant.backtest_cli.main`), imported only when called."""
+    from app.quant.backtest_cli import main as cli_main
 
-    bar = None
-    progress = None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=100,
-            unit="%",
-            file=sys.stderr,
-            leave=False,
-            bar_format="{l_bar}{bar}| {elapsed}<{remaining}",
-        )
-        done = [0.0]
-
-        def progress(frac: float) -> None:
-            step = frac * 100 - done[0]
-            if step > 0:
-                bar.update(step)
-                done[0] = frac * 100
-
-    sampler = EquityDownsampler(2000) if args.plot else None
-    try:
-        result = run_backtest(
-            args.file,
-            fast=args.fast,
-            slow=args.slow,
-            commission=args.commission,
-            initial_cash=args.initial_cash,
-            chunk_rows=args.chunk_rows,
-            progress=progress,
-            equity_callback=sampler,
-        )
-    except (ValueError, OSError) as exc:
-        if bar is not None:
-            bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ValueError) else 1
-    if bar is not None:
-        bar.close()
-    if sampler is not None:
-        bars, equity = sampler.points()
-        try:
-            _plot(
-                args.plot,
-                bars,
-                equity,
-                args.initial_cash,
-                f"{os.path.basename(args.file)}: SMA {args.fast}/{args.slow}",
-            )
-        except OSError as exc:
-            print(f"error: cannot write {args.plot}: {exc}", file=sys.stderr)
-            return 1
-    if args.json:
-        print(json.dumps(result))
-    else:
-        params = {
-            "file": args.file,
-            "fast": args.fast,
-            "slow": args.slow,
-            "commission": args.commission,
-            "initial_cash": args.initial_cash,
-        }
-        print(_format_table(result, params))
-        if args.plot:
-            print(f"equity curve written to {args.plot}")
-    return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from app.quant.backtest_cli import main as _cli_main
+
+    sys.exit(_cli_main())
