@@ -11,7 +11,8 @@ from app.core.db import Base
 
 
 class OAuthState(Base):
-    """A single-use OAuth ``state``: stored as a SHA-256 hash, bound to a user, valid 10 minutes."""
+    """A single-use OAuth ``state``: stored as a SHA-256 hash, bound to a user and to the browser that
+    started the flow (the SHA-256 of its ``td_oauth_binding`` cookie), valid 10 minutes."""
 
     __tablename__ = "oauth_states"
 
@@ -19,6 +20,7 @@ class OAuthState(Base):
     state_hash: Mapped[str] = mapped_column(String(64), unique=True)
     user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), index=True)
     provider: Mapped[str] = mapped_column(String(32))
+    binding_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -17,13 +17,23 @@ class BrokerRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add_state(self, *, state_hash: str, user_id: uuid.UUID, provider: str, ttl: dt.timedelta) -> None:
-        self.session.add(OAuthState(state_hash=state_hash, user_id=user_id, provider=provider,
-                                    expires_at=dt.datetime.now(dt.UTC) + ttl))
+    async def add_state(self, *, state_hash: str, binding_hash: str, user_id: uuid.UUID, provider: str,
+                        ttl: dt.timedelta) -> None:
+        self.session.add(OAuthState(state_hash=state_hash, binding_hash=binding_hash, user_id=user_id,
+                                    provider=provider, expires_at=dt.datetime.now(dt.UTC) + ttl))
         await self.session.flush()
 
-    async def consume_state(self, *, state_hash: str, provider: str, user_id: uuid.UUID | None) -> uuid.UUID | None:
-        """Mark the state used, atomically; its user, or None if unknown, expired, used or someone else's."""
+    async def consume_state(self, *, state_hash: str, provider: str, caller_id: uuid.UUID | None,
+                            binding_hash: str | None) -> uuid.UUID | None:
+        """Mark the state used, atomically, if the request proves it comes from the flow's owner: a bearer
+        token of the owner (``caller_id``), or else the browser's binding cookie. Its user, or None — and
+        the state untouched — if unknown, expired, used, someone else's or from another browser."""
+        if caller_id is not None:
+            proof = OAuthState.user_id == caller_id  # a token, when sent, must be the owner's
+        elif binding_hash is not None:
+            proof = OAuthState.binding_hash == binding_hash
+        else:
+            return None
         stmt = (
             update(OAuthState)
             .where(
@@ -31,12 +41,11 @@ class BrokerRepository:
                 OAuthState.provider == provider,
                 OAuthState.used_at.is_(None),
                 OAuthState.expires_at > func.now(),
+                proof,
             )
             .values(used_at=func.now())
             .returning(OAuthState.user_id)
         )
-        if user_id is not None:
-            stmt = stmt.where(OAuthState.user_id == user_id)
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def purge_states(self, *, older_than: dt.datetime) -> int:

@@ -5,17 +5,34 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Cookie, Query, Response
 from fastapi.responses import RedirectResponse
 
 from app.auth.deps import CurrentUser, OptionalCaller
 from app.brokers import service
 from app.brokers.deps import BrokerOAuthDep, TokenCipherDep
-from app.brokers.schemas import AuthorizeOut, ConnectionOut
+from app.brokers.schemas import AuthorizeOut, CompleteIn, ConnectionOut
+from app.core.config import Settings
 from app.core.deps import DatabaseDep, SessionDep, SettingsDep
-from app.core.errors import BadRequest
+from app.core.errors import BadGateway, BadRequest
 
 router = APIRouter(tags=["broker link"])
+
+# The browser binding (contract §4 Broker link): set by /authorize, required by /callback unless the
+# callback carries the owner's bearer token. Sent back only to the OAuth routes, never readable by script.
+BINDING_COOKIE = "td_oauth_binding"
+BINDING_PATH = "/v1/oauth/alpaca"
+BindingCookie = Annotated[str | None, Cookie(alias=BINDING_COOKIE, max_length=128, include_in_schema=False)]
+
+
+def _set_binding(response: Response, settings: Settings, value: str) -> None:
+    response.set_cookie(BINDING_COOKIE, value, max_age=int(service.STATE_TTL.total_seconds()), path=BINDING_PATH,
+                        httponly=True, samesite="lax", secure=settings.app_env != "development")
+
+
+def _clear_binding(response: Response, settings: Settings) -> None:
+    response.delete_cookie(BINDING_COOKIE, path=BINDING_PATH, httponly=True, samesite="lax",
+                           secure=settings.app_env != "development")
 
 
 def _frontend_redirect(frontend_origin: str, status: str) -> RedirectResponse:
@@ -24,21 +41,26 @@ def _frontend_redirect(frontend_origin: str, status: str) -> RedirectResponse:
 
 
 @router.get("/oauth/alpaca/authorize", response_model=AuthorizeOut, summary="Start linking an Alpaca account")
-async def authorize(user: CurrentUser, session: SessionDep, oauth: BrokerOAuthDep) -> AuthorizeOut:
-    url = await service.start_link(session=session, oauth=oauth, user_id=user.id)
-    return AuthorizeOut(authorize_url=url)
+async def authorize(user: CurrentUser, session: SessionDep, oauth: BrokerOAuthDep, settings: SettingsDep,
+                    response: Response) -> AuthorizeOut:
+    """The provider's consent URL; also sets the `td_oauth_binding` cookie the callback must bring back."""
+    start = await service.start_link(session=session, oauth=oauth, user_id=user.id)
+    _set_binding(response, settings, start.binding)
+    return AuthorizeOut(authorize_url=start.authorize_url)
 
 
 @router.get("/oauth/alpaca/callback", status_code=302, response_class=RedirectResponse,
             summary="OAuth redirect target: exchange the code, store the token encrypted",
             responses={302: {"description": "To {FRONTEND_URL}/settings/broker?status=connected|error"},
-                       400: {"description": "Unknown, expired, reused or foreign state"}})
+                       400: {"description": "Unknown, expired, reused or foreign state, or neither the "
+                                             "browser that started the link nor its owner's token"}})
 async def callback(
     oauth: BrokerOAuthDep,
     database: DatabaseDep,
     cipher: TokenCipherDep,
     settings: SettingsDep,
     caller: OptionalCaller,
+    binding: BindingCookie = None,
     state: Annotated[str | None, Query(max_length=256)] = None,
     code: Annotated[str | None, Query(max_length=2048)] = None,
     error: Annotated[str | None, Query(max_length=256)] = None,
@@ -50,11 +72,29 @@ async def callback(
     frontend = settings.frontend_origins[0]
     if error or not code:
         # The user declined at the provider: burn the state, store nothing.
-        await service.reject_link(database=database, state=state, caller_id=caller)
-        return _frontend_redirect(frontend, "error")
-    ok = await service.complete_link(database=database, oauth=oauth, cipher=cipher, code=code, state=state,
-                                     caller_id=caller)
-    return _frontend_redirect(frontend, "connected" if ok else "error")
+        await service.reject_link(database=database, state=state, caller_id=caller, binding=binding)
+        redirect = _frontend_redirect(frontend, "error")
+    else:
+        ok = await service.complete_link(database=database, oauth=oauth, cipher=cipher, code=code, state=state,
+                                         caller_id=caller, binding=binding)
+        redirect = _frontend_redirect(frontend, "connected" if ok else "error")
+    _clear_binding(redirect, settings)  # the state is spent: the binding has nothing left to prove
+    return redirect
+
+
+@router.post("/oauth/alpaca/complete", status_code=204, summary="Finish a link from a front end's own redirect page",
+             responses={400: {"description": "Unknown, expired, reused state, or not the caller's"},
+                        502: {"description": "The provider refused or failed the exchange; nothing stored"}})
+async def complete(body: CompleteIn, user: CurrentUser, oauth: BrokerOAuthDep, database: DatabaseDep,
+                   cipher: TokenCipherDep) -> Response:
+    """For a front end on another site that uses its own page as the redirect URI: it posts the `code`
+    and `state` it received, with the user's token. Only the state's owner may complete it."""
+    ok = await service.complete_link(database=database, oauth=oauth, cipher=cipher, code=body.code, state=body.state,
+                                     caller_id=user.id, field="state")
+    if not ok:
+        raise BadGateway("The broker did not complete the link (it refused the code or failed); nothing was stored. "
+                         "Start the link again.")
+    return Response(status_code=204)
 
 
 @router.get("/broker/connection", response_model=ConnectionOut, summary="The caller's broker link")

@@ -40,40 +40,53 @@ PROVIDER = "alpaca"
 STATE_TTL = dt.timedelta(minutes=10)
 
 
-def _hash_state(state: str) -> str:
-    return hashlib.sha256(state.encode()).hexdigest()
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
-async def start_link(*, session: AsyncSession, oauth: BrokerOAuth, user_id: uuid.UUID) -> str:
-    """Create a single-use state for the user and return the provider's authorize URL."""
-    state = secrets.token_urlsafe(32)
-    await BrokerRepository(session).add_state(state_hash=_hash_state(state), user_id=user_id, provider=PROVIDER,
-                                              ttl=STATE_TTL)
-    return oauth.authorize_url(state)
+@dataclass(frozen=True, slots=True)
+class LinkStart:
+    authorize_url: str
+    binding: str  # the td_oauth_binding cookie's value: proves a callback comes from this browser
 
 
-async def _consume(database: Database, state: str, caller_id: uuid.UUID | None) -> uuid.UUID:
+async def start_link(*, session: AsyncSession, oauth: BrokerOAuth, user_id: uuid.UUID) -> LinkStart:
+    """Create a single-use state bound to the user and to this browser; the provider's authorize URL."""
+    state, binding = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    await BrokerRepository(session).add_state(state_hash=_sha256(state), binding_hash=_sha256(binding),
+                                              user_id=user_id, provider=PROVIDER, ttl=STATE_TTL)
+    return LinkStart(authorize_url=oauth.authorize_url(state), binding=binding)
+
+
+async def _consume(database: Database, *, state: str, caller_id: uuid.UUID | None, binding: str | None,
+                   field: str) -> uuid.UUID:
     async with database.own_transaction() as session:
         user_id = await BrokerRepository(session).consume_state(
-            state_hash=_hash_state(state), provider=PROVIDER, user_id=caller_id)
+            state_hash=_sha256(state), provider=PROVIDER, caller_id=caller_id,
+            binding_hash=_sha256(binding) if binding else None)
     if user_id is None:
-        log.warning("oauth callback with an unknown, expired, used or foreign state")
-        raise BadRequest("The OAuth state is unknown, expired, already used or issued to another user; "
-                         "start the link again.", errors=[{"field": "query.state", "message": "invalid state"}])
+        log.warning("oauth completion refused: unknown, expired, used or foreign state, or another browser",
+                    extra={"with_token": caller_id is not None, "with_binding": binding is not None})
+        raise BadRequest("The OAuth state is unknown, expired or already used, or this request is not from the "
+                         "user or the browser that started the link; start the link again from the same "
+                         "browser, or complete it with that user's token.",
+                         errors=[{"field": field, "message": "invalid state"}])
     return user_id
 
 
-async def reject_link(*, database: Database, state: str, caller_id: uuid.UUID | None) -> None:
+async def reject_link(*, database: Database, state: str, caller_id: uuid.UUID | None, binding: str | None) -> None:
     """The user declined at the provider: consume the state, store nothing."""
-    user_id = await _consume(database, state, caller_id)
+    user_id = await _consume(database, state=state, caller_id=caller_id, binding=binding, field="query.state")
     log.info("broker link declined at the provider", extra={"user_id": str(user_id)})
 
 
 async def complete_link(*, database: Database, oauth: BrokerOAuth, cipher: TokenCipher, code: str, state: str,
-                        caller_id: uuid.UUID | None) -> bool:
-    """Consume the state, exchange the code, store the encrypted token. Raises BadRequest for an
-    unusable state; returns False (nothing stored) when the provider or the store fails."""
-    user_id = await _consume(database, state, caller_id)
+                        caller_id: uuid.UUID | None, binding: str | None = None,
+                        field: str = "query.state") -> bool:
+    """Consume the state (only for its owner's token or browser), exchange the code, store the encrypted
+    token. Raises BadRequest — before any exchange, the state untouched — for an unusable state or a
+    request that is not the owner's; returns False (nothing stored) when the provider or the store fails."""
+    user_id = await _consume(database, state=state, caller_id=caller_id, binding=binding, field=field)
     try:
         token = await oauth.exchange(code)
     except (UpstreamError, OAuthExchangeError) as exc:

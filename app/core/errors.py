@@ -77,6 +77,10 @@ class TooManyRequests(AppError):
     status, title, slug = 429, "Too Many Requests", "rate-limited"
 
 
+class BadGateway(AppError):
+    status, title, slug = 502, "Bad Gateway", "bad-gateway"
+
+
 class ServiceUnavailable(AppError):
     status, title, slug = 503, "Service Unavailable", "unavailable"
 
@@ -98,7 +102,7 @@ class BodyTooLarge(StarletteHTTPException):
 _HTTP_TITLES: dict[int, tuple[str, str]] = {
     cls.status: (cls.title, cls.slug)
     for cls in (AppError, BadRequest, Unauthorized, NotFound, Conflict, Unprocessable, TooManyRequests,
-                ServiceUnavailable)
+                BadGateway, ServiceUnavailable)
 } | {
     403: ("Forbidden", "forbidden"),
     405: ("Method Not Allowed", "method-not-allowed"),
