@@ -31,6 +31,7 @@ from app.core.ratelimit import RateLimiter
 from app.core.redisconn import close_redis, connect_redis
 from app.core.security import PasswordHashing
 from app.ops.docs import router as docs_router
+from app.ops.readiness import ReadinessProbe
 from app.ops.router import router as ops_router
 from app.providers.market_data import build_market_data
 from app.providers.oauth import build_broker_oauth
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         prune_dead_workers()  # several workers (PROMETHEUS_MULTIPROC_DIR): forget crashed workers' gauges
         database = Database(create_engine(settings))
         app.state.database = database
+        app.state.readiness = ReadinessProbe(database)  # /readyz: one check per second, shared (app/ops/readiness.py)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         # One Redis client per process, shared by the limiter, the breakers and the cache.
         app.state.redis = connect_redis(redis_url)

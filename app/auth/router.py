@@ -17,7 +17,7 @@ from app.auth.schemas import (
     TokenResponse,
 )
 from app.core.deps import LimiterDep, PasswordHashingDep, SessionDep, SettingsDep
-from app.core.ratelimit import client_ip, hashed
+from app.core.ratelimit import client_key, pseudonym
 from app.core.security import issue_access_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -27,9 +27,15 @@ _PROBLEM: dict[str, object] = {"content": {"application/problem+json": {}}}
 
 @router.post("/signup", status_code=201, response_model=SignupResponse,
              responses={409: {"description": "The email already has an account", **_PROBLEM},
+                        429: {"description": "Too many signups from this client", **_PROBLEM},
                         422: {"description": "Invalid email, weak password or invalid text", **_PROBLEM}})
-async def signup(body: SignupRequest, session: SessionDep, passwords: PasswordHashingDep) -> SignupResponse:
-    """Create an account. `display_name` is plain text: markup is stripped."""
+async def signup(body: SignupRequest, request: Request, session: SessionDep, settings: SettingsDep,
+                 passwords: PasswordHashingDep, limiter: LimiterDep) -> SignupResponse:
+    """Create an account. `display_name` is plain text: markup is stripped.
+
+    `RATE_LIMIT_SIGNUP` applies per client IP (an IPv6 client by its /64), before any hashing.
+    """
+    await limiter.enforce(request, settings.rate_limit_signup, "signup-ip", client_key(request), local_fallback=True)
     user = await service.signup(session=session, passwords=passwords, email=body.normalized_email(),
                                 password=body.password, display_name=body.display_name)
     return SignupResponse(id=user.id, email=user.email, display_name=user.display_name)
@@ -46,12 +52,12 @@ async def login(body: LoginRequest, request: Request, session: SessionDep, setti
     the password, so the right password after the limit trips is still refused (429).
     """
     email_key = login_key(body.email)
+    email_ref = pseudonym(email_key, key=settings.pseudonym_key)  # never the address itself, nor its bare hash
     # Brute-force protection never switches off: if Redis fails, these are enforced per process.
-    await limiter.enforce(request, settings.rate_limit_login, "login-ip", client_ip(request), local_fallback=True)
-    await limiter.enforce(request, settings.rate_limit_login, "login-email", hashed(email_key),
-                          local_fallback=True)
+    await limiter.enforce(request, settings.rate_limit_login, "login-ip", client_key(request), local_fallback=True)
+    await limiter.enforce(request, settings.rate_limit_login, "login-email", email_ref, local_fallback=True)
     user_id = await service.authenticate(session=session, passwords=passwords, email_key=email_key,
-                                         password=body.password)
+                                         email_ref=email_ref, password=body.password)
     token = issue_access_token(user_id=user_id, settings=settings)
     return TokenResponse(access_token=token.token, expires_in=token.expires_in)
 

@@ -12,7 +12,6 @@ from app.auth.models import User
 from app.auth.repository import EmailTaken, UserRepository
 from app.billing import service as billing_service
 from app.core.errors import Conflict, Unauthorized
-from app.core.ratelimit import hashed
 from app.core.security import PasswordHashing
 
 log = logging.getLogger("tradedesk.auth")
@@ -31,7 +30,8 @@ async def signup(
     display_name: str | None,
 ) -> User:
     """Create an account; ``Conflict`` when the (normalised) email already exists, also under races."""
-    password_hash = await passwords.hash(password)  # before touching the pool: no connection held
+    # Before touching the pool (no connection held), and behind every login in the hashing queue.
+    password_hash = await passwords.hash(password, signup=True)
     try:
         user = await UserRepository(session).add(
             email=email.display, email_normalized=email.key, password_hash=password_hash,
@@ -44,11 +44,12 @@ async def signup(
 
 
 async def authenticate(
-    *, session: AsyncSession, passwords: PasswordHashing, email_key: str, password: str
+    *, session: AsyncSession, passwords: PasswordHashing, email_key: str, email_ref: str, password: str
 ) -> uuid.UUID:
     """The user id for valid credentials, else ``InvalidCredentials``; the same Argon2 work either way.
 
-    Re-hashes the password when the stored hash was made with other parameters.
+    Re-hashes the password when the stored hash was made with other parameters. ``email_ref`` is the
+    email's pseudonym, the only form of it that reaches a log line.
     """
     repo = UserRepository(session)
     credentials = await repo.get_credentials(email_key)
@@ -57,11 +58,11 @@ async def authenticate(
     await session.rollback()
     if credentials is None:
         await passwords.verify_dummy(password)
-        log.info("login failed", extra={"email_hash": hashed(email_key)})
+        log.info("login failed", extra={"email_hash": email_ref})
         raise InvalidCredentials()
     matches, needs_rehash = await passwords.verify(credentials.password_hash, password)
     if not matches:
-        log.info("login failed", extra={"email_hash": hashed(email_key)})
+        log.info("login failed", extra={"email_hash": email_ref})
         raise InvalidCredentials()
     if needs_rehash:
         new_hash = await passwords.hash(password)

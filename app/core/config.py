@@ -7,6 +7,8 @@ Secret values never appear in that message or in logs.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import sys
 from functools import cached_property
@@ -99,6 +101,7 @@ class Settings(BaseSettings):
     breaker_reset_seconds: float = Field(default=60.0, gt=0, le=3600)
 
     rate_limit_login: str = "5/minute"
+    rate_limit_signup: str = "20/hour"
     rate_limit_orders: str = "60/minute"
     rate_limit_default: str = "600/minute"
 
@@ -179,7 +182,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// or rediss:// URL")
         return SecretStr(raw)
 
-    @field_validator("rate_limit_login", "rate_limit_orders", "rate_limit_default")
+    @field_validator("rate_limit_login", "rate_limit_signup", "rate_limit_orders", "rate_limit_default")
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
         try:
@@ -223,6 +226,12 @@ class Settings(BaseSettings):
         return self
 
     # --- derived values -------------------------------------------------------------
+    @cached_property
+    def pseudonym_key(self) -> bytes:
+        """The server-side key that turns identifiers (emails) into rate-limit keys and log fields:
+        derived from JWT_SECRET under its own label, so it is never the signing key itself."""
+        return hmac.new(self.jwt_secret.get_secret_value().encode(), b"tradedesk/pseudonym/v1", hashlib.sha256).digest()
+
     @cached_property
     def frontend_origins(self) -> list[str]:
         return _split_csv(self.frontend_url)

@@ -72,6 +72,16 @@ WEBHOOK_EVENTS = Counter(
     "webhook_events_total", "Stripe webhook deliveries by event type and outcome "
     "(processed, ignored, duplicate, bad_signature, unprocessable, failed, disabled).", ["type", "outcome"],
 )
+READINESS_CHECKS = Counter(
+    "readiness_checks_total",
+    "Database checks made for /readyz (at most one per second per process, shared by every caller).",
+    ["outcome"],
+)
+PASSWORD_HASH_SHED = Counter(
+    "password_hash_shed_total",
+    "Hashing requests refused (503) because the per-process queue was full; signups are shed first.",
+    ["kind"],
+)
 PASSWORD_HASH_DURATION = Histogram(
     "password_hash_duration_seconds",
     "Argon2id work per operation (hash, verify), measured in the hashing thread; login capacity is bound by it.",

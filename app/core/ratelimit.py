@@ -3,7 +3,8 @@
 * Storage: Redis (``REDIS_URL``) so every process shares one budget; in-process memory otherwise.
 * Strategy: sliding-window counter — O(1) per hit in Redis, no burst at window edges.
 * Identity: the client IP as resolved by the request-context middleware (``X-Forwarded-For`` is
-  honoured only from ``TRUSTED_PROXIES``), the user id, or any key a route chooses (e.g. an email).
+  honoured only from ``TRUSTED_PROXIES``), folded to its /64 for IPv6 and to the IPv4 address for an
+  IPv4-mapped one (``client_key``); the user id; or any key a route chooses (an email, as an HMAC).
 * Answers 429 problem+json with ``Retry-After`` and ``X-RateLimit-*``; successful responses carry
   the ``X-RateLimit-*`` of the tightest limit the request passed.
 * If the storage fails (Redis down), the limiter **fails open**: the request is served, the
@@ -20,8 +21,10 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hashlib
+import hmac
+import ipaddress
 import logging
 import math
 import time
@@ -38,7 +41,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from app.core.errors import TooManyRequests
 from app.core.middleware import RATELIMIT_STATE_KEY, route_template
 from app.core.observability import RATE_LIMIT_ERRORS, RATE_LIMIT_HITS, RATE_LIMIT_SKIPPED
-from app.core.redisconn import RedisGuard
+from app.core.redisconn import SOCKET_TIMEOUT_SECONDS, RedisGuard
 
 log = logging.getLogger("tradedesk.ratelimit")
 
@@ -111,7 +114,7 @@ def window_decision(item: RateLimitItem, allowed: bool, previous_count: int, pre
     return Decision(allowed, item.amount, remaining, now + min(previous_reset_in, current_reset_in))
 
 
-STORAGE_TIMEOUT_SECONDS = 0.25  # connect or answer; Redis normally answers in well under 1 ms
+STORAGE_TIMEOUT_SECONDS = SOCKET_TIMEOUT_SECONDS  # connect, pool wait or answer, on the shared client
 STORAGE_COOLDOWN_SECONDS = 2.0  # after a storage failure, skip the storage this long (fail open)
 
 
@@ -119,8 +122,7 @@ class RateLimiter:
     """Owns the limiting strategy over the shared Redis client (or memory); one per process, built in the lifespan."""
 
     def __init__(self, redis: aioredis.Redis | None, *, key_prefix: str = "tradedesk-rl",
-                 timeout: float = STORAGE_TIMEOUT_SECONDS, cooldown: float = STORAGE_COOLDOWN_SECONDS) -> None:
-        self.timeout = timeout
+                 cooldown: float = STORAGE_COOLDOWN_SECONDS) -> None:
         self.guard = RedisGuard("ratelimit", cooldown=cooldown, fallback="no shared limits (failing open)")
         self.storage: RedisStorage | MemoryStorage
         self._script: Any = None
@@ -155,9 +157,9 @@ class RateLimiter:
         storage: Any = self.storage
         current = storage.bridge.prefixed_key(storage._current_window_key(key))
         previous = storage.bridge.prefixed_key(storage._previous_window_key(key))
-        async with asyncio.timeout(self.timeout):  # the shared client's own socket timeout is longer
-            acquired, prev_count, prev_ttl, cur_count, cur_ttl = await self._script(
-                keys=[previous, current], args=[item.amount, item.get_expiry(), 1])
+        # Bounded by the shared client's timeouts (connect, pool wait, each reply: STORAGE_TIMEOUT_SECONDS).
+        acquired, prev_count, prev_ttl, cur_count, cur_ttl = await self._script(
+            keys=[previous, current], args=[item.amount, item.get_expiry(), 1])
         return window_decision(item, bool(acquired), int(prev_count), max(0.0, float(prev_ttl)) / 1000,
                                int(cur_count), max(0.0, float(cur_ttl)) / 1000)
 
@@ -215,17 +217,40 @@ def _remember(request: Request, decision: Decision) -> None:
 
 
 def client_ip(request: Request) -> str:
+    """The client's address as the request-context middleware resolved it (for logs)."""
     state = request.scope.get("state") or {}
     return state.get("client_ip") or (request.client.host if request.client else "unknown")
 
 
-def hashed(value: str) -> str:
-    """Identifiers such as emails are hashed before they become storage keys (no PII in Redis)."""
-    return hashlib.sha256(value.encode()).hexdigest()[:32]
+@functools.lru_cache(maxsize=8192)
+def network_key(address: str) -> str:
+    """The identity a per-IP limit counts against: an IPv4 address as it is, an IPv4-mapped IPv6
+    address as its IPv4 address, any other IPv6 address as its /64 network (one host's /64 is one
+    client: handing a client a fresh budget per address would let it rotate through 2^64 of them)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP (a test transport, a Unix socket): counted as given
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def client_key(request: Request) -> str:
+    """The key of every per-IP limit: the client's address folded to its network (``network_key``)."""
+    return network_key(client_ip(request))
+
+
+def pseudonym(value: str, *, key: bytes) -> str:
+    """An identifier (an email) as it may appear in Redis keys and logs: an HMAC with a server-side key,
+    which, unlike a bare hash, cannot be reversed by hashing a list of known addresses."""
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def RateLimit(  # noqa: N802 - reads like a class at the use site: Depends(RateLimit(...))
-    setting: str, *, name: str, key: Callable[[Request], str] = client_ip
+    setting: str, *, name: str, key: Callable[[Request], str] = client_key
 ) -> Callable[[Request], Coroutine[Any, Any, None]]:
     """Dependency factory: ``Depends(RateLimit("rate_limit_orders", name="orders", key=user_key))``.
 

@@ -28,7 +28,9 @@ log = logging.getLogger("tradedesk.redis")
 # error must degrade to the local fallback, never to a 500).
 REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
-SOCKET_TIMEOUT_SECONDS = 0.5
+# Connect, pool wait and every reply: Redis normally answers in well under a millisecond, so 0.25 s
+# already means it is in trouble. The rate limiter checks every request against it (STORAGE_TIMEOUT_SECONDS).
+SOCKET_TIMEOUT_SECONDS = 0.25
 
 
 def connect_redis(url: str | None) -> aioredis.Redis | None:

@@ -6,6 +6,9 @@ Passwords
     run in a small dedicated thread pool (argon2-cffi releases the GIL) at a lower CPU priority than
     the event loop, so the loop keeps serving while a login burst is being hashed; at most ``max_pending`` operations may wait per
     process, beyond that the request is shed with 503 + Retry-After instead of queueing for ever.
+    Logins come first: a waiting login always runs before a waiting signup, and signups are shed once
+    a quarter of ``max_pending`` is in use, so a signup flood can neither delay logins behind it nor
+    make them answer 503.
     Passwords are NFKC-normalised before hashing (NIST SP 800-63B §5.1.1.2), so the same password
     typed on different keyboards/input methods verifies. A lookup for an unknown email verifies
     against a dummy hash made with the same parameters: the same Argon2 work as a wrong password.
@@ -23,6 +26,7 @@ Access tokens
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import secrets
@@ -30,9 +34,9 @@ import threading
 import time
 import unicodedata
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jwt
@@ -41,7 +45,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from app.core.config import Settings
 from app.core.errors import ServiceUnavailable, Unauthorized
-from app.core.observability import PASSWORD_HASH_DURATION
+from app.core.observability import PASSWORD_HASH_DURATION, PASSWORD_HASH_SHED
 
 log = logging.getLogger("tradedesk.security")
 
@@ -89,6 +93,41 @@ def _prepare(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
+class _PriorityGate:
+    """At most ``slots`` holders at once; a freed slot goes to the oldest waiter of the most urgent class."""
+
+    def __init__(self, slots: int, classes: int = 2) -> None:
+        self._free = slots
+        self._waiters: list[collections.deque[asyncio.Future[None]]] = [collections.deque() for _ in range(classes)]
+
+    async def acquire(self, urgency: int) -> None:
+        if self._free > 0 and not any(self._waiters):
+            self._free -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[urgency].append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # the slot was handed over just as we were cancelled: pass it on
+            else:
+                self._waiters[urgency].remove(future)
+            raise
+
+    def release(self) -> None:
+        for queue in self._waiters:
+            while queue:
+                future = queue.popleft()
+                if not future.done():
+                    future.set_result(None)  # the slot passes straight to this waiter
+                    return
+        self._free += 1
+
+
+LOGIN, SIGNUP = 0, 1  # urgency classes of the hashing queue: lower runs first
+
+
 class PasswordHashing:
     """Argon2id hashing off the event loop. One per process, built in the lifespan (``app.state.passwords``)."""
 
@@ -112,6 +151,8 @@ class PasswordHashing:
         self._executor = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="argon2",
                                             initializer=_lower_thread_priority)
         self._pending = 0
+        self.max_pending_signups = max(1, max_pending // 4)
+        self._gate = _PriorityGate(self.max_workers)
         # Same parameters as real hashes, so an unknown email costs exactly a wrong password's work.
         self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(32))
 
@@ -120,20 +161,28 @@ class PasswordHashing:
         h = self.hasher
         return f"argon2id m={h.memory_cost} KiB, t={h.time_cost}, p={h.parallelism}"
 
-    async def _run(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
-        if self._pending >= self.max_pending:
-            log.warning("password hashing queue full; shedding load", extra={"pending": self._pending})
+    async def _run(self, operation: str, fn: Callable[..., T], *args: Any, urgency: int = LOGIN) -> T:
+        cap = self.max_pending if urgency == LOGIN else self.max_pending_signups
+        if self._pending >= cap:
+            log.warning("password hashing queue full; shedding load",
+                        extra={"pending": self._pending, "for": "login" if urgency == LOGIN else "signup"})
+            PASSWORD_HASH_SHED.labels("login" if urgency == LOGIN else "signup").inc()
             raise ServiceUnavailable("The sign-in service is busy; retry shortly.", retry_after=1)
         self._pending += 1
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, _timed, operation, fn, *args)
+            await self._gate.acquire(urgency)
+            try:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, _timed, operation, fn, *args)
+            finally:
+                self._gate.release()
         finally:
             self._pending -= 1
 
-    async def hash(self, password: str) -> str:
-        """A new Argon2id hash (random salt) of the NFKC-normalised password."""
-        return await self._run("hash", self.hasher.hash, _prepare(password))
+    async def hash(self, password: str, *, signup: bool = False) -> str:
+        """A new Argon2id hash (random salt) of the NFKC-normalised password; ``signup`` queues it behind
+        every login and sheds it first."""
+        return await self._run("hash", self.hasher.hash, _prepare(password), urgency=SIGNUP if signup else LOGIN)
 
     async def verify(self, stored_hash: str, password: str) -> tuple[bool, bool]:
         """(matches, needs_rehash). A malformed stored hash never matches (and is logged)."""

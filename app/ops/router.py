@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from app.core.deps import DatabaseDep
 from app.core.errors import problem_response
 from app.core.observability import metrics_payload
+from app.ops.deps import ReadinessDep
 
 router = APIRouter(tags=["operations"])
-log = logging.getLogger("tradedesk.ops")
-
-READINESS_TIMEOUT_SECONDS = 2.0
 
 
 @router.get("/healthz", summary="Liveness: the process is up")
@@ -23,11 +18,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="Readiness: the database answers", responses={503: {"description": "Not ready"}})
-async def readyz(database: DatabaseDep) -> Response:
-    try:
-        await database.ping(READINESS_TIMEOUT_SECONDS)
-    except Exception as exc:
-        log.warning("readiness check failed", extra={"error": type(exc).__name__})
+async def readyz(readiness: ReadinessDep) -> Response:
+    """200 while the database answers; checked at most once a second per process (app/ops/readiness.py)."""
+    if not await readiness.ready():
         return problem_response(
             503, detail="The database did not answer within the readiness timeout.", slug="not-ready",
             headers={"Retry-After": "5"}, extra={"checks": {"database": "unavailable"}},
