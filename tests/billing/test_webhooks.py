@@ -12,6 +12,7 @@ import pytest
 
 from tests.billing import stripe_fake as sf
 from tests.support import db as dbsupport
+from tests.support.metrics import grew, sample, scrape
 
 WEBHOOK = "/v1/webhooks/stripe"
 
@@ -78,14 +79,16 @@ async def test_second_of_two_rotated_secrets_is_accepted(make_client) -> None:
 
 async def test_fifty_concurrent_deliveries_make_exactly_one_payment(client: httpx.AsyncClient, database_url: str) -> None:
     evt = sf.invoice_paid("cus_C", "in_concurrent", 2500)
+    before = await scrape(client)
     responses = await asyncio.gather(*(_post(client, evt) for _ in range(50)))
     assert all(r.status_code == 200 for r in responses), [r.status_code for r in responses]
     duplicates = [r.json()["duplicate"] for r in responses]
     assert duplicates.count(False) == 1 and duplicates.count(True) == 49
     assert len(await _fetch(database_url, "SELECT 1 FROM payments")) == 1
     assert len(await _fetch(database_url, "SELECT 1 FROM stripe_events")) == 1
-    metrics = (await client.get("/metrics")).text
-    assert 'webhook_events_total{outcome="duplicate",type="invoice.paid"}' in metrics
+    after = await scrape(client)
+    assert grew(before, after, "webhook_events_total", type="invoice.paid", outcome="processed") == 1
+    assert grew(before, after, "webhook_events_total", type="invoice.paid", outcome="duplicate") == 49
 
 
 async def test_same_invoice_under_two_event_ids_is_one_payment(client: httpx.AsyncClient, database_url: str) -> None:
@@ -104,6 +107,7 @@ async def test_failure_inside_the_effect_records_nothing_and_redelivery_succeeds
         BEGIN RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql;
         CREATE TRIGGER injected_failure BEFORE INSERT ON payments FOR EACH ROW EXECUTE FUNCTION injected_failure();
     """)
+    before = await scrape(client)
     try:
         evt = sf.invoice_paid("cus_F", "in_fail", 1234)
         r = await _post(client, evt)
@@ -119,7 +123,9 @@ async def test_failure_inside_the_effect_records_nothing_and_redelivery_succeeds
     third = await _post(client, evt)
     assert third.json()["duplicate"] is True
     assert len(await _fetch(database_url, "SELECT 1 FROM payments")) == 1
-    assert 'webhook_events_total{outcome="failed",type="invoice.paid"}' in (await client.get("/metrics")).text
+    after = await scrape(client)
+    for outcome in ("failed", "processed", "duplicate"):  # the failure, the redelivery, the third delivery
+        assert grew(before, after, "webhook_events_total", type="invoice.paid", outcome=outcome) == 1, outcome
 
 
 async def test_out_of_order_subscription_events_keep_the_newest(client: httpx.AsyncClient) -> None:
@@ -196,6 +202,7 @@ async def test_known_types_that_cannot_be_applied_are_refused_not_dropped(
     """A payment (or account change) we cannot apply must not be acknowledged and lost: 422, nothing
     recorded, so Stripe keeps redelivering and the failure stays visible."""
     evt = make_event()
+    before = await scrape(client)
     for _ in range(2):  # a redelivery is refused the same way: nothing was recorded
         r = await _post(client, evt)
         assert r.status_code == 422, r.text
@@ -203,8 +210,8 @@ async def test_known_types_that_cannot_be_applied_are_refused_not_dropped(
     assert await _fetch(database_url, "SELECT 1 FROM stripe_events") == []
     assert await _fetch(database_url, "SELECT 1 FROM payments") == []
     assert await _fetch(database_url, "SELECT 1 FROM billing_accounts") == []
-    metrics = (await client.get("/metrics")).text
-    assert f'webhook_events_total{{outcome="unprocessable",type="{evt["type"]}"}}' in metrics
+    after = await scrape(client)
+    assert grew(before, after, "webhook_events_total", type=evt["type"], outcome="unprocessable") == 2
 
 
 async def test_account_events_take_effect_once_under_concurrent_redelivery(client: httpx.AsyncClient,
@@ -259,7 +266,7 @@ async def test_failure_at_commit_records_nothing_and_is_counted(client: httpx.As
         CREATE CONSTRAINT TRIGGER injected_commit_failure AFTER INSERT ON payments
             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION injected_commit_failure();
     """)
-    before = _failed_count((await client.get("/metrics")).text)
+    before = _failed_count(await scrape(client))
     try:
         evt = sf.invoice_paid("cus_CF", "in_commit_fail", 4200)
         r = await _post(client, evt)
@@ -269,16 +276,13 @@ async def test_failure_at_commit_records_nothing_and_is_counted(client: httpx.As
     finally:
         await conn.execute("DROP TRIGGER injected_commit_failure ON payments; DROP FUNCTION injected_commit_failure();")
         await conn.close()
-    assert _failed_count((await client.get("/metrics")).text) == before + 1
+    assert _failed_count(await scrape(client)) == before + 1
     assert (await _post(client, evt)).json()["duplicate"] is False
     assert len(await _fetch(database_url, "SELECT 1 FROM payments")) == 1
 
 
 def _failed_count(metrics: str) -> float:
-    for line in metrics.splitlines():
-        if line.startswith('webhook_events_total{outcome="failed",type="invoice.paid"}'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return sample(metrics, "webhook_events_total", type="invoice.paid", outcome="failed")
 
 
 async def test_same_second_subscription_events_are_flagged(make_client, capfd) -> None:

@@ -35,14 +35,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Loaded by the child interpreter (``sitecustomize`` on its PYTHONPATH): logs the port of every socket
+# bind the child attempts (asyncio's and uvloop's create_server both bind through socket.socket.bind),
+# so a test sees whether the port was ever bound while the child ran.
+_BIND_SPY = """
+import os
+import socket
+
+_log = os.environ["BIND_SPY_LOG"]
+with open(_log, "a") as f:
+    f.write("loaded\\n")
+_bind = socket.socket.bind
+
+
+def bind(self, address):
+    with open(_log, "a") as f:
+        f.write(f"bind {address[1] if isinstance(address, tuple) else address}\\n")
+    return _bind(self, address)
+
+
+socket.socket.bind = bind
+"""
+
+
+def _bind_spy(tmp_path: Path) -> tuple[Path, Path]:
+    """A directory to put first on the child's PYTHONPATH, and the log its spy writes."""
+    spy_dir = tmp_path / "spy"
+    spy_dir.mkdir()
+    (spy_dir / "sitecustomize.py").write_text(_BIND_SPY)
+    return spy_dir, tmp_path / "binds.log"
+
+
 @pytest.mark.parametrize("entry", ["uvicorn", "module"])
 def test_startup_without_required_vars_exits_before_binding_and_names_all(entry: str, tmp_path: Path) -> None:
     port = _free_port()
+    spy_dir, spy_log = _bind_spy(tmp_path)
     env = _clean_env(
         STRIPE_WEBHOOK_SECRET=BASE_ENV["STRIPE_WEBHOOK_SECRET"],
         TOKEN_ENCRYPTION_KEY=TEST_FERNET_KEY,
         PORT=str(port),
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join([str(spy_dir), str(ROOT)]),
+        BIND_SPY_LOG=str(spy_log),
     )
     cmd = (
         [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)]
@@ -55,8 +88,11 @@ def test_startup_without_required_vars_exits_before_binding_and_names_all(entry:
     for name in ("DATABASE_URL", "FRONTEND_URL", "JWT_SECRET"):
         assert name in proc.stderr, proc.stderr
     assert "Uvicorn running" not in proc.stderr
-    with socket.socket() as s:  # nothing is listening: the port was never bound
-        assert s.connect_ex(("127.0.0.1", port)) != 0
+    # The spy was active in the child, and the child never bound the port: it exited before binding.
+    # (A bind to port 0 is urllib3's IPv6 probe at import; a serving child logs "bind <port>".)
+    loaded, *binds = spy_log.read_text().splitlines()
+    assert loaded == "loaded"
+    assert f"bind {port}" not in binds, binds
 
 
 def test_wildcard_frontend_url_refused_at_startup(tmp_path: Path) -> None:

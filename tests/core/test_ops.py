@@ -8,6 +8,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.metrics import grew, scrape
+
 
 async def test_healthz_and_request_id(client: httpx.AsyncClient) -> None:
     r = await client.get("/healthz")
@@ -47,11 +49,12 @@ async def test_metrics_exposes_contract_names(client: httpx.AsyncClient) -> None
 
 
 async def test_metrics_label_routes_by_template_not_raw_path(client: httpx.AsyncClient) -> None:
+    before = await scrape(client)
     for i in range(3):
         await client.get(f"/no/such/path/{i}")
-    text = (await client.get("/metrics")).text
+    text = await scrape(client)
     assert "/no/such/path/" not in text
-    assert 'route="<unmatched>"' in text
+    assert grew(before, text, "http_requests_total", method="GET", route="<unmatched>", status="404") == 3
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
 
+from tests.support.metrics import grew, scrape
 from tests.support.routes import router as support_router
 
 
@@ -17,6 +17,7 @@ def _items(client: httpx.AsyncClient, **kw):
 
 async def test_n_plus_first_request_is_429_with_headers(make_client) -> None:
     client = await make_client(routers=[support_router], rate_limit_default="5/minute")
+    before = await scrape(client)
     for i in range(5):
         r = await _items(client)
         assert r.status_code == 200
@@ -32,8 +33,7 @@ async def test_n_plus_first_request_is_429_with_headers(make_client) -> None:
     # Health, readiness and metrics are exempt.
     for path in ("/healthz", "/readyz", "/metrics"):
         assert (await client.get(path)).status_code == 200
-    metrics = (await client.get("/metrics")).text
-    assert 'rate_limit_hits_total{route="/v1/_test/items"}' in metrics
+    assert grew(before, await scrape(client), "rate_limit_hits_total", route="/v1/_test/items") == 1
 
 
 async def test_limit_is_per_client_ip(make_client) -> None:
@@ -75,10 +75,14 @@ async def test_redis_down_fails_open_with_metric_not_500(make_client) -> None:
     # Nothing listens on port 1: every storage call fails fast; requests are served, the metric counts.
     client = await make_client(routers=[support_router], rate_limit_default="1/minute",
                                redis_url="redis://127.0.0.1:1/0")
+    before = await scrape(client)
     statuses = [(await _items(client)).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
-    metrics = (await client.get("/metrics")).text
-    assert 'rate_limit_storage_errors_total{limit="default"}' in metrics
+    after = await scrape(client)
+    # Each hit tried Redis and failed (at most one per cooldown) or skipped it during the cooldown.
+    failed = grew(before, after, "rate_limit_storage_errors_total", limit="default")
+    skipped = grew(before, after, "rate_limit_storage_skipped_total", limit="default")
+    assert failed >= 1 and failed + skipped == 3, (failed, skipped)
 
 
 @pytest.mark.redis
@@ -164,35 +168,26 @@ class LoopbackRedis:
             task.add_done_callback(self._tasks.discard)
 
 
-def _sample(metrics: str, series: str) -> float:
-    for line in metrics.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 async def test_silent_redis_costs_one_timeout_not_one_per_request(make_client) -> None:
     from app.core.ratelimit import STORAGE_TIMEOUT_SECONDS
 
-    errors = 'rate_limit_storage_errors_total{limit="default"}'
-    skipped = 'rate_limit_storage_skipped_total{limit="default"}'
     async with LoopbackRedis() as silent:
         client = await make_client(routers=[support_router], rate_limit_default="1/minute",
                                    redis_url=f"redis://127.0.0.1:{silent.port}/0")
-        before = (await client.get("/metrics")).text
-        elapsed, statuses = [], []
-        for _ in range(10):
-            started = time.perf_counter()
-            statuses.append((await _items(client)).status_code)
-            elapsed.append(time.perf_counter() - started)
-        after = (await client.get("/metrics")).text
+        before = await scrape(client)
+        connections = silent.connections
+        # Bounded generously, so a request left waiting on the silent server for ever fails the test
+        # here; that only the first request waited at all is what the counts below show.
+        async with asyncio.timeout(STORAGE_TIMEOUT_SECONDS + 5):
+            statuses = [(await _items(client)).status_code for _ in range(10)]
+        after = await scrape(client)
 
-    assert silent.connections >= 1  # the limiter really reached the silent server
     assert statuses == [200] * 10  # fail open, although the limit is 1/minute
-    assert elapsed[0] < STORAGE_TIMEOUT_SECONDS + 0.3  # the first waits the (0.25 s) socket timeout at most
-    assert all(e < STORAGE_TIMEOUT_SECONDS for e in elapsed[1:]), elapsed  # the rest never wait for Redis
-    assert _sample(after, errors) - _sample(before, errors) == 1
-    assert _sample(after, skipped) - _sample(before, skipped) == 9
+    # The first request reached the silent server on one connection and waited for it; the nine others
+    # never touched it (no connection, no storage call): skipped at once.
+    assert silent.connections - connections == 1
+    assert grew(before, after, "rate_limit_storage_errors_total", limit="default") == 1
+    assert grew(before, after, "rate_limit_storage_skipped_total", limit="default") == 9
 
 
 @pytest.mark.redis
@@ -217,10 +212,11 @@ async def test_limiter_probes_once_after_cooldown_and_recovers_when_redis_answer
         try:
             errors0, skipped0 = count("rate_limit_storage_errors_total"), count("rate_limit_storage_skipped_total")
 
-            # 1. Redis silent: the first hit waits the timeout, fails open and starts the cooldown.
-            started = time.perf_counter()
-            first = await limiter.hit(item, "probe", "1.2.3.4")
-            assert time.perf_counter() - started < STORAGE_TIMEOUT_SECONDS + 0.3
+            # 1. Redis silent: the first hit waits the timeout (bounded: not the silent server's for ever),
+            #    fails open and starts the cooldown.
+            async with asyncio.timeout(STORAGE_TIMEOUT_SECONDS + 5):
+                first = await limiter.hit(item, "probe", "1.2.3.4")
+            assert proxy.connections == 1  # it did reach the silent server
             assert first.allowed and first.remaining == 3
             assert count("rate_limit_storage_errors_total") - errors0 == 1
 

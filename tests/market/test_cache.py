@@ -13,14 +13,19 @@ from app.providers.market_data.cache import CacheStatus, MarketDataCache
 
 
 class Upstream:
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, gate: asyncio.Event | None = None) -> None:
         self.calls = 0
         self.delay = delay
+        self.gate = gate  # if given, a fetch answers only once the test sets it
+        self.started = asyncio.Event()  # set when a fetch has begun
         self.fail: Exception | None = None
 
     def fetch(self, value: object):
         async def run() -> object:
             self.calls += 1
+            self.started.set()
+            if self.gate is not None:
+                await self.gate.wait()
             if self.delay:
                 await asyncio.sleep(self.delay)
             if self.fail:
@@ -70,24 +75,30 @@ async def test_in_process_single_flight_and_failure_shared_by_waiters() -> None:
 
 async def test_a_cancelled_request_does_not_cancel_the_shared_fetch() -> None:
     cache = memory_cache()
-    up = Upstream(delay=0.2)
+    answer = asyncio.Event()
+    up = Upstream(gate=answer)  # the provider answers only when the test says so: no race with a timer
     first = asyncio.create_task(cache.get_or_fetch("quote", "k", up.fetch(1)))
-    await asyncio.sleep(0.05)
+    await up.started.wait()  # the first request's fetch is in flight
     second = asyncio.create_task(cache.get_or_fetch("quote", "k", up.fetch(1)))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # the second joins it (nothing can finish meanwhile: the gate is shut)
     first.cancel()
-    assert await second == (1, CacheStatus.MISS)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    answer.set()
+    assert await second == (1, CacheStatus.MISS)  # served by the fetch the cancelled request started
     assert up.calls == 1
 
 
 async def test_stale_only_within_the_stale_window() -> None:
-    cache = memory_cache(fresh_seconds=0.2, stale_seconds=0.3)
+    # Waits are lower bounds (a sleep never ends early), so each step lands where it should however slow
+    # the machine is, except the STALE read, which must come before fresh + stale: a second of slack.
+    cache = memory_cache(fresh_seconds=0.2, stale_seconds=1.0)
     up = Upstream()
     await cache.get_or_fetch("quote", "k", up.fetch("v1"))
     up.fail = UpstreamStatusError("test", httpx.Response(502))
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.25)  # past the fresh window
     assert await cache.get_or_fetch("quote", "k", up.fetch("v2")) == ("v1", CacheStatus.STALE)
-    await asyncio.sleep(0.3)  # past fresh + stale: the copy is gone
+    await asyncio.sleep(1.0)  # past fresh + stale: the copy is gone
     with pytest.raises(UpstreamStatusError):
         await cache.get_or_fetch("quote", "k", up.fetch("v2"))
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from app.core.breaker import BreakerState, CircuitOpenError, Permit, RedisBreaker
+from app.core.http import OutboundClient, UpstreamStatusError
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ async def test_state_is_shared_between_processes(require_redis: str) -> None:
 
 
 @pytest.mark.redis
-async def test_consecutive_failures_reset_on_success_and_4xx_style_successes(redis_client) -> None:
+async def test_consecutive_failures_reset_on_success_from_any_process(redis_client) -> None:
     a, b = pair(redis_client, redis_client, fail_max=3)
     await a.record_failure(await a.acquire())
     await b.record_failure(await b.acquire())
@@ -64,6 +66,41 @@ async def test_consecutive_failures_reset_on_success_and_4xx_style_successes(red
     await b.record_failure(await b.acquire())
     await a.record_failure(await a.acquire())
     assert (await a.snapshot())[:2] == (BreakerState.CLOSED, 2)
+
+
+@pytest.mark.redis
+async def test_4xx_answers_are_not_failures_of_the_shared_breaker(require_redis: str) -> None:
+    """Through the real outbound client: a 4xx is the caller's business, an answer from a provider that
+    is up. It never counts as a failure and, like any answer below 500, ends a run of consecutive
+    failures — in the state every process shares."""
+    a_conn, b_conn = aioredis.from_url(require_redis), aioredis.from_url(require_redis)
+    script = [500, 404, 500, 422, 500, 400, 401, 403, 404, 409, 500]
+    seen: list[int] = []
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        seen.append(script[len(seen)])
+        return httpx.Response(seen[-1], json={"status": seen[-1]})
+
+    a, b = pair(a_conn, b_conn, fail_max=2, reset=5)
+    client = OutboundClient(a.provider, base_url="https://provider.test", timeout=2, breaker=a,
+                            transport=httpx.MockTransport(provider), backoff=0.01)
+    try:
+        for code in script:
+            if code >= 500:
+                with pytest.raises(UpstreamStatusError):
+                    await client.get("/q")
+            else:
+                assert (await client.get("/q")).status_code == code
+        # Every call reached the provider: the breaker (2 consecutive failures open it) stayed closed,
+        # and the other process sees one failure in a row, not five failures or eleven.
+        assert seen == script
+        assert (await b.snapshot())[:2] == (BreakerState.CLOSED, 1)
+        await b.record_failure(await b.acquire())  # one more real failure from anywhere opens it
+        assert (await a.snapshot())[0] is BreakerState.OPEN
+    finally:
+        await client.aclose()
+        await a_conn.aclose()
+        await b_conn.aclose()
 
 
 @pytest.mark.redis
