@@ -24,8 +24,9 @@ from app.core.db import Database, create_engine
 
 
 async def rotate_token_keys(database: Database, settings: Settings) -> dict[str, int]:
-    counts = await brokers_service.rotate_token_keys(database=database,
-                                                     cipher=TokenCipher(settings.token_encryption_keys))
+    counts = await brokers_service.rotate_token_keys(
+        database=database, cipher=TokenCipher(settings.token_encryption_keys)
+    )
     return dataclasses.asdict(counts)
 
 
@@ -48,8 +49,9 @@ async def _run(command: str, settings: Settings) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m app.cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=sorted(COMMANDS))
     args = parser.parse_args(argv)
     settings = load_settings_or_exit()

@@ -41,8 +41,14 @@ log = logging.getLogger("tradedesk.app")
 
 CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID", "Stripe-Signature"]
 CORS_EXPOSE_HEADERS = [
-    "X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset",
-    "X-Cache", "Idempotent-Replayed", "Location",
+    "X-Request-ID",
+    "Retry-After",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "X-Cache",
+    "Idempotent-Replayed",
+    "Location",
 ]
 
 
@@ -59,15 +65,18 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         prune_dead_workers()  # several workers (PROMETHEUS_MULTIPROC_DIR): forget crashed workers' gauges
         database = Database(create_engine(settings))
         app.state.database = database
-        app.state.readiness = ReadinessProbe(database)  # /readyz: one check per second, shared (app/ops/readiness.py)
+        app.state.readiness = ReadinessProbe(
+            database
+        )  # /readyz: one check per second, shared (app/ops/readiness.py)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         # One Redis client per process, shared by the limiter, the breakers and the cache.
         app.state.redis = connect_redis(redis_url)
         app.state.limiter = RateLimiter(app.state.redis)
         # Outbound clients (one per provider, breaker state in Redis when set) and market data; tests may
         # set app.state.http_transports = {provider: httpx transport} before startup (app/core/http.py).
-        app.state.outbound = Outbound(settings, redis=app.state.redis,
-                                      transports=getattr(app.state, "http_transports", None))
+        app.state.outbound = Outbound(
+            settings, redis=app.state.redis, transports=getattr(app.state, "http_transports", None)
+        )
         app.state.market_data = build_market_data(settings, app.state.outbound, app.state.redis)
         app.state.passwords = PasswordHashing()  # Argon2id in its own thread pool (app/core/security.py)
         app.state.token_cipher = TokenCipher(settings.token_encryption_keys)
@@ -79,8 +88,14 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
                 "per process, so each worker enforces its own budget",
                 extra={"web_concurrency": settings.web_concurrency},
             )
-        log.info("startup", extra={"env": settings.app_env, "version": __version__,
-                                   "shared_state": "redis" if redis_url else "memory"})
+        log.info(
+            "startup",
+            extra={
+                "env": settings.app_env,
+                "version": __version__,
+                "shared_state": "redis" if redis_url else "memory",
+            },
+        )
         if freeze_gc:
             gc.collect()
             gc.freeze()

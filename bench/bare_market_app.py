@@ -7,7 +7,13 @@ from fastapi.responses import JSONResponse
 
 app = FastAPI()
 
-_QUOTE = {"symbol": "AAPL", "bid": "189.95", "ask": "190.05", "last": "190.01", "timestamp": "2024-01-02T15:30:00Z"}
+_QUOTE = {
+    "symbol": "AAPL",
+    "bid": "189.95",
+    "ask": "190.05",
+    "last": "190.01",
+    "timestamp": "2024-01-02T15:30:00Z",
+}
 
 
 @app.get("/healthz")

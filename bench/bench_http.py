@@ -33,16 +33,30 @@ def main() -> int:
     # Interleave bare/full twice so drift on a shared machine hits both equally.
     for round_ in (1, 2):
         with serve("bench.bare_app:app", {}) as base:
-            results.append(run_wrk(f"bare FastAPI /healthz (round {round_})", base + "/healthz",
-                                   connections=args.connections, duration=args.duration))
+            results.append(
+                run_wrk(
+                    f"bare FastAPI /healthz (round {round_})",
+                    base + "/healthz",
+                    connections=args.connections,
+                    duration=args.duration,
+                )
+            )
         with serve("app.main:app", env) as base:
-            results.append(run_wrk(f"full stack /healthz (round {round_})", base + "/healthz",
-                                   connections=args.connections, duration=args.duration))
+            results.append(
+                run_wrk(
+                    f"full stack /healthz (round {round_})",
+                    base + "/healthz",
+                    connections=args.connections,
+                    duration=args.duration,
+                )
+            )
 
     _, ratio, p99 = compare_full_to_bare(results)
     ok = ratio >= 0.60 and p99 < 25 and all(r.non_2xx == 0 for r in results)
-    print(f"\nfull/bare requests/s ratio: {ratio:.2f} (target >= 0.60); full-stack worst p99 {p99:.2f} ms "
-          f"(target < 25 ms) -> {'PASS' if ok else 'MISS'}")
+    print(
+        f"\nfull/bare requests/s ratio: {ratio:.2f} (target >= 0.60); full-stack worst p99 {p99:.2f} ms "
+        f"(target < 25 ms) -> {'PASS' if ok else 'MISS'}"
+    )
     save("http", {"results": results, "ratio": ratio, "p99_ms": p99, "pass": ok})
     return 0 if ok else 1
 

@@ -37,13 +37,30 @@ def write_events(path: Path, count: int, *, same_id: bool, kind: str = "invoice.
             event_id = fixed if same_id else f"evt_{uuid.uuid4().hex[:24]}"
             if kind == "invoice.paid":
                 invoice = "in_fixed" if same_id else f"in_{i:09d}"
-                obj = {"object": "invoice", "id": invoice, "customer": f"cus_{i % 500:05d}",
-                       "amount_paid": 1999, "currency": "usd"}
+                obj = {
+                    "object": "invoice",
+                    "id": invoice,
+                    "customer": f"cus_{i % 500:05d}",
+                    "amount_paid": 1999,
+                    "currency": "usd",
+                }
             else:  # customer.subscription.updated: the transactional path (row lock, compare, update)
-                obj = {"object": "subscription", "id": f"sub_{i % 5000:05d}", "customer": f"cus_{i % 5000:05d}",
-                       "status": "active" if i % 2 else "past_due"}
-            payload = json.dumps({"id": event_id, "object": "event", "created": now - count + i, "type": kind,
-                                  "data": {"object": obj}}, separators=(",", ":"))
+                obj = {
+                    "object": "subscription",
+                    "id": f"sub_{i % 5000:05d}",
+                    "customer": f"cus_{i % 5000:05d}",
+                    "status": "active" if i % 2 else "past_due",
+                }
+            payload = json.dumps(
+                {
+                    "id": event_id,
+                    "object": "event",
+                    "created": now - count + i,
+                    "type": kind,
+                    "data": {"object": obj},
+                },
+                separators=(",", ":"),
+            )
             sig = stripe.WebhookSignature.generate_signature_header(payload, SECRET, timestamp=header_ts)
             fh.write(f"{payload}\t{sig}\n")
 
@@ -53,30 +70,45 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
-    env = bench_settings_env(bench_database_url(), STRIPE_WEBHOOK_SECRET=SECRET, DB_POOL_SIZE="20",
-                             DB_MAX_OVERFLOW="10")
+    env = bench_settings_env(
+        bench_database_url(), STRIPE_WEBHOOK_SECRET=SECRET, DB_POOL_SIZE="20", DB_MAX_OVERFLOW="10"
+    )
     results = {}
     with tempfile.TemporaryDirectory() as tmp, serve("app.main:app", env) as base:
-        runs = (("unique event ids", False, args.connections, "invoice.paid"),
-                ("same event id (duplicates)", True, args.connections, "invoice.paid"),
-                ("unique event ids, 64 connections (reported)", False, 64, "invoice.paid"),
-                ("unique event ids, transaction path (reported)", False, args.connections,
-                 "customer.subscription.updated"))
+        runs = (
+            ("unique event ids", False, args.connections, "invoice.paid"),
+            ("same event id (duplicates)", True, args.connections, "invoice.paid"),
+            ("unique event ids, 64 connections (reported)", False, 64, "invoice.paid"),
+            (
+                "unique event ids, transaction path (reported)",
+                False,
+                args.connections,
+                "customer.subscription.updated",
+            ),
+        )
         for label, same, connections, kind in runs:
             path = Path(tmp) / f"events-{label[:6]}-{connections}-{kind}.tsv"
             # Enough distinct events that no id repeats within the run, even at 10k/s.
             write_events(path, 1 if same else (args.duration + 3) * 12_000, same_id=same, kind=kind)
             os.environ["WEBHOOK_FILE"], os.environ["WRK_THREADS"] = str(path), "2"
-            results[label] = run_wrk(f"{kind}: {label} [{connections} conns]", base + "/v1/webhooks/stripe",
-                                     connections=connections, duration=args.duration, script=LUA, warmup=0)
+            results[label] = run_wrk(
+                f"{kind}: {label} [{connections} conns]",
+                base + "/v1/webhooks/stripe",
+                connections=connections,
+                duration=args.duration,
+                script=LUA,
+                warmup=0,
+            )
     print("| deliveries | events/s | p50 ms | p99 ms | non-2xx | socket errors |")
     print("|---|---|---|---|---|---|")
     for r in results.values():
         print(r.row())
     unique = results["unique event ids"]
     ok = unique.requests_per_s >= 1000 and unique.p99_ms < 100 and unique.non_2xx == 0
-    print(f"\nunique: {unique.requests_per_s:,.0f} events/s, p99 {unique.p99_ms:.1f} ms "
-          f"(target >= 1,000/s, p99 < 100 ms) -> {'PASS' if ok else 'MISS'}")
+    print(
+        f"\nunique: {unique.requests_per_s:,.0f} events/s, p99 {unique.p99_ms:.1f} ms "
+        f"(target >= 1,000/s, p99 < 100 ms) -> {'PASS' if ok else 'MISS'}"
+    )
     save("webhooks", {"results": list(results.values()), "pass": ok})
     return 0 if ok else 1
 

@@ -31,12 +31,14 @@ def ensure_wrk() -> str:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         print("[bench] installing wrk from Debian's packages", file=sys.stderr)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env, check=False,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "wrk"], env=env, check=False, stdout=subprocess.DEVNULL
+        )
         if not shutil.which("wrk"):
             subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, stdout=subprocess.DEVNULL)
-            subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env, check=False,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                ["apt-get", "install", "-y", "-qq", "wrk"], env=env, check=False, stdout=subprocess.DEVNULL
+            )
     path = shutil.which("wrk")
     if not path:
         sys.exit("wrk is required for the HTTP benchmarks (Debian package 'wrk')")
@@ -64,8 +66,22 @@ def wait_ready(url: str, timeout: float = 60) -> None:
 @contextlib.contextmanager
 def serve(app_spec: str, env: dict[str, str], *, workers: int = 2, factory: bool = False) -> Iterator[str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", app_spec, "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(workers), "--no-access-log", "--no-proxy-headers", "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app_spec,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--no-proxy-headers",
+        "--log-level",
+        "warning",
+    ]
     if factory:
         cmd.append("--factory")
     log = tempfile.TemporaryFile()
@@ -97,8 +113,10 @@ class WrkResult:
     errors: int
 
     def row(self) -> str:
-        return (f"| {self.label} | {self.requests_per_s:,.0f} | {self.p50_ms:.2f} | {self.p99_ms:.2f} | "
-                f"{self.non_2xx} | {self.errors} |")
+        return (
+            f"| {self.label} | {self.requests_per_s:,.0f} | {self.p50_ms:.2f} | {self.p99_ms:.2f} | "
+            f"{self.non_2xx} | {self.errors} |"
+        )
 
 
 def _ms(value: str) -> float:
@@ -109,28 +127,46 @@ def _ms(value: str) -> float:
     return number / 1000 if unit == "us" else number * 1000 if unit == "s" else number
 
 
-def run_wrk(label: str, url: str, *, connections: int = 64, threads: int = 2, duration: int = 10,
-            script: str | None = None, warmup: int = 2) -> WrkResult:
+def run_wrk(
+    label: str,
+    url: str,
+    *,
+    connections: int = 64,
+    threads: int = 2,
+    duration: int = 10,
+    script: str | None = None,
+    warmup: int = 2,
+) -> WrkResult:
     wrk = ensure_wrk()
     base = [wrk, "-t", str(threads), "-c", str(connections), "--latency"]
     if script:
         base += ["-s", script]
     if warmup:
         subprocess.run([*base, "-d", f"{warmup}s", url], capture_output=True, text=True, check=True)
-    out = subprocess.run([*base, "-d", f"{duration}s", url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [*base, "-d", f"{duration}s", url], capture_output=True, text=True, check=True
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return WrkResult(label, rps, p50, p99, int(non2xx.group(1)) if non2xx else 0,
-                     sum(int(g) for g in errs.groups()) if errs else 0)
+    return WrkResult(
+        label,
+        rps,
+        p50,
+        p99,
+        int(non2xx.group(1)) if non2xx else 0,
+        sum(int(g) for g in errs.groups()) if errs else 0,
+    )
 
 
 TABLE_HEADER = "| server | req/s | p50 ms | p99 ms | non-2xx | socket errors |\n|---|---|---|---|---|---|"
 
 
-def compare_full_to_bare(results: list[WrkResult], extra_rows: Sequence[WrkResult] = ()) -> tuple[float, float, float]:
+def compare_full_to_bare(
+    results: list[WrkResult], extra_rows: Sequence[WrkResult] = ()
+) -> tuple[float, float, float]:
     """Print the table of interleaved bare/full runs; return (mean full req/s, full/bare ratio, worst full p99)."""
     bare = [r for r in results if r.label.startswith("bare")]
     full = [r for r in results if r.label.startswith("full")]

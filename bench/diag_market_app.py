@@ -18,7 +18,13 @@ from starlette.types import Receive, Scope, Send
 from app.core.ratelimit import RateLimiter, default_rate_limit
 from app.main import create_app
 
-_QUOTE = {"symbol": "AAPL", "bid": "189.95", "ask": "190.05", "last": "190.01", "timestamp": "2024-01-02T15:30:00Z"}
+_QUOTE = {
+    "symbol": "AAPL",
+    "bid": "189.95",
+    "ask": "190.05",
+    "last": "190.01",
+    "timestamp": "2024-01-02T15:30:00Z",
+}
 
 inner = create_app()
 router = APIRouter(prefix="/v1/_bench", dependencies=[Depends(default_rate_limit)])

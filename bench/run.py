@@ -15,7 +15,9 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str]) -> int:
     wanted = set(argv)
-    scripts = sorted(p for p in HERE.glob("bench_*.py") if not wanted or p.stem.removeprefix("bench_") in wanted)
+    scripts = sorted(
+        p for p in HERE.glob("bench_*.py") if not wanted or p.stem.removeprefix("bench_") in wanted
+    )
     failures = []
     for script in scripts:
         print(f"\n=== {script.stem} ===", flush=True)

@@ -28,23 +28,36 @@ target_metadata = metadata
 
 
 def _database_url() -> str:
-    url = context.get_x_argument(as_dictionary=True).get("database_url") or config.get_main_option("sqlalchemy.url")
+    url = context.get_x_argument(as_dictionary=True).get("database_url") or config.get_main_option(
+        "sqlalchemy.url"
+    )
     url = url or os.environ.get("DATABASE_URL")
     if not url:
-        sys.exit("DATABASE_URL is not set: export it (postgresql+asyncpg://user:pass@host:port/db) to migrate")
+        sys.exit(
+            "DATABASE_URL is not set: export it (postgresql+asyncpg://user:pass@host:port/db) to migrate"
+        )
     return normalize_database_url(url)
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_database_url(), target_metadata=target_metadata, literal_binds=True,
-                      dialect_opts={"paramstyle": "named"}, compare_type=True)
+    context.configure(
+        url=_database_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        compare_type=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True,
-                      transaction_per_migration=True)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        transaction_per_migration=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

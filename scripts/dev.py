@@ -131,14 +131,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # proxy_headers=False: the client IP comes from the socket; X-Forwarded-For is honoured by the
     # app itself, and only from TRUSTED_PROXIES.
-    uvicorn.run("app.main:app", host=args.host, port=args.port, proxy_headers=False, access_log=False,
-                reload=args.reload)
+    uvicorn.run(
+        "app.main:app",
+        host=args.host,
+        port=args.port,
+        proxy_headers=False,
+        access_log=False,
+        reload=args.reload,
+    )
     return 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:
     tmp = None
-    url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL") or read_env_file().get("DATABASE_URL")
+    url = (
+        os.environ.get("TEST_DATABASE_URL")
+        or os.environ.get("DATABASE_URL")
+        or read_env_file().get("DATABASE_URL")
+    )
     if not url or not reachable(url):
         tmp = Path(tempfile.mkdtemp(prefix="tradedesk-pg-"))
         _say("no reachable TEST_DATABASE_URL/DATABASE_URL: starting a throw-away embedded PostgreSQL")
@@ -159,11 +169,16 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/dev.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scripts/dev.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("env", help="write a development .env if missing").set_defaults(func=lambda a: ensure_env_file() or 0)
-    sub.add_parser("db", help="print a reachable database URL (starting an embedded one if needed)").set_defaults(func=cmd_db)
+    sub.add_parser("env", help="write a development .env if missing").set_defaults(
+        func=lambda a: ensure_env_file() or 0
+    )
+    sub.add_parser(
+        "db", help="print a reachable database URL (starting an embedded one if needed)"
+    ).set_defaults(func=cmd_db)
     run = sub.add_parser("run", help="bootstrap and serve")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)

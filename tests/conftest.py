@@ -62,7 +62,9 @@ async def redis_url() -> str | None:
         await client.ping()
     except Exception:
         if os.environ.get("CI"):
-            raise RuntimeError(f"REDIS_URL is set but Redis is not reachable in CI: {urlsplit(url).netloc}") from None
+            raise RuntimeError(
+                f"REDIS_URL is set but Redis is not reachable in CI: {urlsplit(url).netloc}"
+            ) from None
         return None
     finally:
         await client.aclose()

@@ -39,11 +39,16 @@ class UserRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add(self, *, email: str, email_normalized: str, password_hash: str,
-                  display_name: str | None) -> User:
+    async def add(
+        self, *, email: str, email_normalized: str, password_hash: str, display_name: str | None
+    ) -> User:
         """Insert a user; raise ``EmailTaken`` when the unique index refuses the email (race-safe)."""
-        user = User(email=email, email_normalized=email_normalized, password_hash=password_hash,
-                    display_name=display_name)
+        user = User(
+            email=email,
+            email_normalized=email_normalized,
+            password_hash=password_hash,
+            display_name=display_name,
+        )
         self.session.add(user)
         try:
             await self.session.flush()
@@ -58,9 +63,11 @@ class UserRepository:
         return await self.session.get(User, user_id)
 
     async def get_credentials(self, email_normalized: str) -> Credentials | None:
-        row = (await self.session.execute(
-            select(User.id, User.password_hash).where(User.email_normalized == email_normalized)
-        )).one_or_none()
+        row = (
+            await self.session.execute(
+                select(User.id, User.password_hash).where(User.email_normalized == email_normalized)
+            )
+        ).one_or_none()
         return Credentials(row.id, row.password_hash) if row else None
 
     async def replace_password_hash(self, user_id: uuid.UUID, *, old_hash: str, new_hash: str) -> bool:

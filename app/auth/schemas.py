@@ -40,10 +40,14 @@ class _Request(BaseModel):
 
 class SignupRequest(_Request):
     email: str = Field(max_length=EMAIL_MAX_LENGTH, examples=["ada@example.com"])
-    password: str = Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH,
-                          description=f"{PASSWORD_MIN_LENGTH}–{PASSWORD_MAX_LENGTH} characters")
-    display_name: str | None = Field(default=None, max_length=_DISPLAY_NAME_RAW_MAX,
-                                     description="Plain text: markup is stripped.")
+    password: str = Field(
+        min_length=PASSWORD_MIN_LENGTH,
+        max_length=PASSWORD_MAX_LENGTH,
+        description=f"{PASSWORD_MIN_LENGTH}–{PASSWORD_MAX_LENGTH} characters",
+    )
+    display_name: str | None = Field(
+        default=None, max_length=_DISPLAY_NAME_RAW_MAX, description="Plain text: markup is stripped."
+    )
 
     @field_validator("email")
     @classmethod
@@ -73,11 +77,17 @@ class LoginRequest(_Request):
 
 
 class ProfileUpdate(_Request):
-    display_name: str | None = Field(default=None, max_length=_DISPLAY_NAME_RAW_MAX,
-                                     description="Plain text: markup is stripped. null or \"\" clears it.")
-    bio: str | None = Field(default=None, max_length=_BIO_RAW_MAX,
-                            description="Rich text: sanitized to p br b i em strong code ul ol li a[href] "
-                                        "(http/https/mailto links). null or \"\" clears it.")
+    display_name: str | None = Field(
+        default=None,
+        max_length=_DISPLAY_NAME_RAW_MAX,
+        description='Plain text: markup is stripped. null or "" clears it.',
+    )
+    bio: str | None = Field(
+        default=None,
+        max_length=_BIO_RAW_MAX,
+        description="Rich text: sanitized to p br b i em strong code ul ol li a[href] "
+        '(http/https/mailto links). null or "" clears it.',
+    )
 
     @field_validator("display_name")
     @classmethod

@@ -16,6 +16,7 @@ from app.core.security import PasswordHashing
 
 log = logging.getLogger("tradedesk.auth")
 
+
 class InvalidCredentials(Unauthorized):
     """One answer for an unknown email and a wrong password (no account enumeration)."""
 
@@ -26,7 +27,11 @@ class InvalidCredentials(Unauthorized):
 
 
 async def signup(
-    *, session: AsyncSession, passwords: PasswordHashing, email: NormalizedEmail, password: str,
+    *,
+    session: AsyncSession,
+    passwords: PasswordHashing,
+    email: NormalizedEmail,
+    password: str,
     display_name: str | None,
 ) -> User:
     """Create an account; ``Conflict`` when the (normalised) email already exists, also under races."""
@@ -34,7 +39,9 @@ async def signup(
     password_hash = await passwords.hash(password, signup=True)
     try:
         user = await UserRepository(session).add(
-            email=email.display, email_normalized=email.key, password_hash=password_hash,
+            email=email.display,
+            email_normalized=email.key,
+            password_hash=password_hash,
             display_name=display_name or None,
         )
     except EmailTaken:
@@ -66,9 +73,12 @@ async def authenticate(
         raise InvalidCredentials()
     if needs_rehash:
         new_hash = await passwords.hash(password)
-        if await repo.replace_password_hash(credentials.user_id, old_hash=credentials.password_hash,
-                                            new_hash=new_hash):
-            log.info("password re-hashed with current parameters", extra={"user_id": str(credentials.user_id)})
+        if await repo.replace_password_hash(
+            credentials.user_id, old_hash=credentials.password_hash, new_hash=new_hash
+        ):
+            log.info(
+                "password re-hashed with current parameters", extra={"user_id": str(credentials.user_id)}
+            )
     return credentials.user_id
 
 

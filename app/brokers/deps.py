@@ -15,9 +15,11 @@ async def get_broker_oauth(request: Request) -> BrokerOAuth:
     """The OAuth client built at startup; 503 while ALPACA_OAUTH_* is incomplete."""
     oauth: BrokerOAuth | None = request.app.state.broker_oauth
     if oauth is None:
-        raise ServiceUnavailable("Broker linking is not configured (ALPACA_OAUTH_CLIENT_ID, "
-                                 "ALPACA_OAUTH_CLIENT_SECRET and ALPACA_OAUTH_REDIRECT_URI must be set).",
-                                 retry_after=3600)
+        raise ServiceUnavailable(
+            "Broker linking is not configured (ALPACA_OAUTH_CLIENT_ID, "
+            "ALPACA_OAUTH_CLIENT_SECRET and ALPACA_OAUTH_REDIRECT_URI must be set).",
+            retry_after=3600,
+        )
     return oauth
 
 

@@ -17,14 +17,23 @@ class BrokerRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add_state(self, *, state_hash: str, binding_hash: str, user_id: uuid.UUID, provider: str,
-                        ttl: dt.timedelta) -> None:
-        self.session.add(OAuthState(state_hash=state_hash, binding_hash=binding_hash, user_id=user_id,
-                                    provider=provider, expires_at=dt.datetime.now(dt.UTC) + ttl))
+    async def add_state(
+        self, *, state_hash: str, binding_hash: str, user_id: uuid.UUID, provider: str, ttl: dt.timedelta
+    ) -> None:
+        self.session.add(
+            OAuthState(
+                state_hash=state_hash,
+                binding_hash=binding_hash,
+                user_id=user_id,
+                provider=provider,
+                expires_at=dt.datetime.now(dt.UTC) + ttl,
+            )
+        )
         await self.session.flush()
 
-    async def consume_state(self, *, state_hash: str, provider: str, caller_id: uuid.UUID | None,
-                            binding_hash: str | None) -> uuid.UUID | None:
+    async def consume_state(
+        self, *, state_hash: str, provider: str, caller_id: uuid.UUID | None, binding_hash: str | None
+    ) -> uuid.UUID | None:
         """Mark the state used, atomically, if the request proves it comes from the flow's owner: a bearer
         token of the owner (``caller_id``), or else the browser's binding cookie. Its user, or None — and
         the state untouched — if unknown, expired, used, someone else's or from another browser."""
@@ -52,14 +61,21 @@ class BrokerRepository:
         result = await self.session.execute(delete(OAuthState).where(OAuthState.expires_at < older_than))
         return rowcount(result)
 
-    async def upsert_connection(self, *, user_id: uuid.UUID, provider: str, token_encrypted: str,
-                                scope: str | None) -> None:
-        stmt = insert(BrokerConnection).values(user_id=user_id, provider=provider,
-                                               access_token_encrypted=token_encrypted, scope=scope)
+    async def upsert_connection(
+        self, *, user_id: uuid.UUID, provider: str, token_encrypted: str, scope: str | None
+    ) -> None:
+        stmt = insert(BrokerConnection).values(
+            user_id=user_id, provider=provider, access_token_encrypted=token_encrypted, scope=scope
+        )
         stmt = stmt.on_conflict_do_update(
             index_elements=[BrokerConnection.user_id],
-            set_={"provider": provider, "access_token_encrypted": token_encrypted, "scope": scope,
-                  "connected_at": func.now(), "updated_at": func.now()},
+            set_={
+                "provider": provider,
+                "access_token_encrypted": token_encrypted,
+                "scope": scope,
+                "connected_at": func.now(),
+                "updated_at": func.now(),
+            },
         )
         await self.session.execute(stmt)
 
@@ -67,7 +83,9 @@ class BrokerRepository:
         return await self.session.get(BrokerConnection, user_id)
 
     async def delete_connection(self, user_id: uuid.UUID) -> bool:
-        result = await self.session.execute(delete(BrokerConnection).where(BrokerConnection.user_id == user_id))
+        result = await self.session.execute(
+            delete(BrokerConnection).where(BrokerConnection.user_id == user_id)
+        )
         return rowcount(result) > 0
 
     async def connection_ids_after(self, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
@@ -77,5 +95,9 @@ class BrokerRepository:
         return list((await self.session.execute(stmt)).scalars())
 
     async def lock_connection(self, user_id: uuid.UUID) -> BrokerConnection | None:
-        stmt = select(BrokerConnection).where(BrokerConnection.user_id == user_id).with_for_update(skip_locked=True)
+        stmt = (
+            select(BrokerConnection)
+            .where(BrokerConnection.user_id == user_id)
+            .with_for_update(skip_locked=True)
+        )
         return (await self.session.execute(stmt)).scalar_one_or_none()

@@ -26,34 +26,57 @@ BindingCookie = Annotated[str | None, Cookie(alias=BINDING_COOKIE, max_length=12
 
 
 def _set_binding(response: Response, settings: Settings, value: str) -> None:
-    response.set_cookie(BINDING_COOKIE, value, max_age=int(service.STATE_TTL.total_seconds()), path=BINDING_PATH,
-                        httponly=True, samesite="lax", secure=settings.app_env != "development")
+    response.set_cookie(
+        BINDING_COOKIE,
+        value,
+        max_age=int(service.STATE_TTL.total_seconds()),
+        path=BINDING_PATH,
+        httponly=True,
+        samesite="lax",
+        secure=settings.app_env != "development",
+    )
 
 
 def _clear_binding(response: Response, settings: Settings) -> None:
-    response.delete_cookie(BINDING_COOKIE, path=BINDING_PATH, httponly=True, samesite="lax",
-                           secure=settings.app_env != "development")
+    response.delete_cookie(
+        BINDING_COOKIE,
+        path=BINDING_PATH,
+        httponly=True,
+        samesite="lax",
+        secure=settings.app_env != "development",
+    )
 
 
 def _frontend_redirect(frontend_origin: str, status: str) -> RedirectResponse:
     # Only ever the first configured front-end origin, whatever the request carries (no open redirect).
-    return RedirectResponse(f"{frontend_origin}/settings/broker?{urlencode({'status': status})}", status_code=302)
+    return RedirectResponse(
+        f"{frontend_origin}/settings/broker?{urlencode({'status': status})}", status_code=302
+    )
 
 
 @router.get("/oauth/alpaca/authorize", response_model=AuthorizeOut, summary="Start linking an Alpaca account")
-async def authorize(user: CurrentUser, session: SessionDep, oauth: BrokerOAuthDep, settings: SettingsDep,
-                    response: Response) -> AuthorizeOut:
+async def authorize(
+    user: CurrentUser, session: SessionDep, oauth: BrokerOAuthDep, settings: SettingsDep, response: Response
+) -> AuthorizeOut:
     """The provider's consent URL; also sets the `td_oauth_binding` cookie the callback must bring back."""
     start = await service.start_link(session=session, oauth=oauth, user_id=user.id)
     _set_binding(response, settings, start.binding)
     return AuthorizeOut(authorize_url=start.authorize_url)
 
 
-@router.get("/oauth/alpaca/callback", status_code=302, response_class=RedirectResponse,
-            summary="OAuth redirect target: exchange the code, store the token encrypted",
-            responses={302: {"description": "To {FRONTEND_URL}/settings/broker?status=connected|error"},
-                       400: {"description": "Unknown, expired, reused or foreign state, or neither the "
-                                             "browser that started the link nor its owner's token"}})
+@router.get(
+    "/oauth/alpaca/callback",
+    status_code=302,
+    response_class=RedirectResponse,
+    summary="OAuth redirect target: exchange the code, store the token encrypted",
+    responses={
+        302: {"description": "To {FRONTEND_URL}/settings/broker?status=connected|error"},
+        400: {
+            "description": "Unknown, expired, reused or foreign state, or neither the "
+            "browser that started the link nor its owner's token"
+        },
+    },
+)
 async def callback(
     oauth: BrokerOAuthDep,
     database: DatabaseDep,
@@ -66,34 +89,61 @@ async def callback(
     error: Annotated[str | None, Query(max_length=256)] = None,
 ) -> RedirectResponse:
     if not state:
-        raise BadRequest("The callback needs a state.", errors=[{"field": "query.state", "message": "required"}])
+        raise BadRequest(
+            "The callback needs a state.", errors=[{"field": "query.state", "message": "required"}]
+        )
     if not code and not error:
-        raise BadRequest("The callback needs a code.", errors=[{"field": "query.code", "message": "required"}])
+        raise BadRequest(
+            "The callback needs a code.", errors=[{"field": "query.code", "message": "required"}]
+        )
     frontend = settings.frontend_origins[0]
     if error or not code:
         # The user declined at the provider: burn the state, store nothing.
         await service.reject_link(database=database, state=state, caller_id=caller, binding=binding)
         redirect = _frontend_redirect(frontend, "error")
     else:
-        ok = await service.complete_link(database=database, oauth=oauth, cipher=cipher, code=code, state=state,
-                                         caller_id=caller, binding=binding)
+        ok = await service.complete_link(
+            database=database,
+            oauth=oauth,
+            cipher=cipher,
+            code=code,
+            state=state,
+            caller_id=caller,
+            binding=binding,
+        )
         redirect = _frontend_redirect(frontend, "connected" if ok else "error")
     _clear_binding(redirect, settings)  # the state is spent: the binding has nothing left to prove
     return redirect
 
 
-@router.post("/oauth/alpaca/complete", status_code=204, summary="Finish a link from a front end's own redirect page",
-             responses={400: {"description": "Unknown, expired, reused state, or not the caller's"},
-                        502: {"description": "The provider refused or failed the exchange; nothing stored"}})
-async def complete(body: CompleteIn, user: CurrentUser, oauth: BrokerOAuthDep, database: DatabaseDep,
-                   cipher: TokenCipherDep) -> Response:
+@router.post(
+    "/oauth/alpaca/complete",
+    status_code=204,
+    summary="Finish a link from a front end's own redirect page",
+    responses={
+        400: {"description": "Unknown, expired, reused state, or not the caller's"},
+        502: {"description": "The provider refused or failed the exchange; nothing stored"},
+    },
+)
+async def complete(
+    body: CompleteIn, user: CurrentUser, oauth: BrokerOAuthDep, database: DatabaseDep, cipher: TokenCipherDep
+) -> Response:
     """For a front end on another site that uses its own page as the redirect URI: it posts the `code`
     and `state` it received, with the user's token. Only the state's owner may complete it."""
-    ok = await service.complete_link(database=database, oauth=oauth, cipher=cipher, code=body.code, state=body.state,
-                                     caller_id=user.id, field="state")
+    ok = await service.complete_link(
+        database=database,
+        oauth=oauth,
+        cipher=cipher,
+        code=body.code,
+        state=body.state,
+        caller_id=user.id,
+        field="state",
+    )
     if not ok:
-        raise BadGateway("The broker did not complete the link (it refused the code or failed); nothing was stored. "
-                         "Start the link again.")
+        raise BadGateway(
+            "The broker did not complete the link (it refused the code or failed); nothing was stored. "
+            "Start the link again."
+        )
     return Response(status_code=204)
 
 

@@ -53,36 +53,59 @@ class LinkStart:
 async def start_link(*, session: AsyncSession, oauth: BrokerOAuth, user_id: uuid.UUID) -> LinkStart:
     """Create a single-use state bound to the user and to this browser; the provider's authorize URL."""
     state, binding = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    await BrokerRepository(session).add_state(state_hash=_sha256(state), binding_hash=_sha256(binding),
-                                              user_id=user_id, provider=PROVIDER, ttl=STATE_TTL)
+    await BrokerRepository(session).add_state(
+        state_hash=_sha256(state),
+        binding_hash=_sha256(binding),
+        user_id=user_id,
+        provider=PROVIDER,
+        ttl=STATE_TTL,
+    )
     return LinkStart(authorize_url=oauth.authorize_url(state), binding=binding)
 
 
-async def _consume(database: Database, *, state: str, caller_id: uuid.UUID | None, binding: str | None,
-                   field: str) -> uuid.UUID:
+async def _consume(
+    database: Database, *, state: str, caller_id: uuid.UUID | None, binding: str | None, field: str
+) -> uuid.UUID:
     async with database.own_transaction() as session:
         user_id = await BrokerRepository(session).consume_state(
-            state_hash=_sha256(state), provider=PROVIDER, caller_id=caller_id,
-            binding_hash=_sha256(binding) if binding else None)
+            state_hash=_sha256(state),
+            provider=PROVIDER,
+            caller_id=caller_id,
+            binding_hash=_sha256(binding) if binding else None,
+        )
     if user_id is None:
-        log.warning("oauth completion refused: unknown, expired, used or foreign state, or another browser",
-                    extra={"with_token": caller_id is not None, "with_binding": binding is not None})
-        raise BadRequest("The OAuth state is unknown, expired or already used, or this request is not from the "
-                         "user or the browser that started the link; start the link again from the same "
-                         "browser, or complete it with that user's token.",
-                         errors=[{"field": field, "message": "invalid state"}])
+        log.warning(
+            "oauth completion refused: unknown, expired, used or foreign state, or another browser",
+            extra={"with_token": caller_id is not None, "with_binding": binding is not None},
+        )
+        raise BadRequest(
+            "The OAuth state is unknown, expired or already used, or this request is not from the "
+            "user or the browser that started the link; start the link again from the same "
+            "browser, or complete it with that user's token.",
+            errors=[{"field": field, "message": "invalid state"}],
+        )
     return user_id
 
 
-async def reject_link(*, database: Database, state: str, caller_id: uuid.UUID | None, binding: str | None) -> None:
+async def reject_link(
+    *, database: Database, state: str, caller_id: uuid.UUID | None, binding: str | None
+) -> None:
     """The user declined at the provider: consume the state, store nothing."""
     user_id = await _consume(database, state=state, caller_id=caller_id, binding=binding, field="query.state")
     log.info("broker link declined at the provider", extra={"user_id": str(user_id)})
 
 
-async def complete_link(*, database: Database, oauth: BrokerOAuth, cipher: TokenCipher, code: str, state: str,
-                        caller_id: uuid.UUID | None, binding: str | None = None,
-                        field: str = "query.state") -> bool:
+async def complete_link(
+    *,
+    database: Database,
+    oauth: BrokerOAuth,
+    cipher: TokenCipher,
+    code: str,
+    state: str,
+    caller_id: uuid.UUID | None,
+    binding: str | None = None,
+    field: str = "query.state",
+) -> bool:
     """Consume the state (only for its owner's token or browser), exchange the code, store the encrypted
     token. Raises BadRequest — before any exchange, the state untouched — for an unusable state or a
     request that is not the owner's; returns False (nothing stored) when the provider or the store fails."""
@@ -90,13 +113,18 @@ async def complete_link(*, database: Database, oauth: BrokerOAuth, cipher: Token
     try:
         token = await oauth.exchange(code)
     except (UpstreamError, OAuthExchangeError) as exc:
-        log.warning("oauth code exchange failed", extra={"user_id": str(user_id), "error": type(exc).__name__})
+        log.warning(
+            "oauth code exchange failed", extra={"user_id": str(user_id), "error": type(exc).__name__}
+        )
         return False
     try:
         async with database.own_transaction() as session:
             await BrokerRepository(session).upsert_connection(
-                user_id=user_id, provider=PROVIDER, token_encrypted=cipher.encrypt(token.access_token),
-                scope=token.scope)
+                user_id=user_id,
+                provider=PROVIDER,
+                token_encrypted=cipher.encrypt(token.access_token),
+                scope=token.scope,
+            )
     except Exception as exc:
         log_exception(log, "storing the broker link failed; nothing stored", exc, user_id=str(user_id))
         return False
@@ -107,7 +135,9 @@ async def complete_link(*, database: Database, oauth: BrokerOAuth, cipher: Token
 async def get_connection(*, session: AsyncSession, user_id: uuid.UUID) -> ConnectionOut:
     """The user's link status."""
     row = await BrokerRepository(session).get_connection(user_id)
-    return ConnectionOut(provider=PROVIDER, connected=row is not None, connected_at=row.connected_at if row else None)
+    return ConnectionOut(
+        provider=PROVIDER, connected=row is not None, connected_at=row.connected_at if row else None
+    )
 
 
 async def delete_connection(*, session: AsyncSession, user_id: uuid.UUID) -> None:
@@ -127,8 +157,14 @@ class RotationCounts:
     unreadable: int = 0
 
 
-async def rotate_token_keys(*, database: Database, cipher: TokenCipher, batch: int = ROTATION_BATCH,
-                            passes: int = ROTATION_PASSES, pause_seconds: float = 1.0) -> RotationCounts:
+async def rotate_token_keys(
+    *,
+    database: Database,
+    cipher: TokenCipher,
+    batch: int = ROTATION_BATCH,
+    passes: int = ROTATION_PASSES,
+    pause_seconds: float = 1.0,
+) -> RotationCounts:
     """Re-encrypt every stored token with the cipher's first key, one short transaction per batch.
 
     Rows locked by a concurrent writer are skipped and retried in a further pass (up to ``passes``);

@@ -52,11 +52,16 @@ class UpstreamError(ServiceUnavailable):
     outcome = "error"
     maybe_sent = True
 
-    def __init__(self, provider: str, detail: str | None = None, *, retry_after: float = 1.0, **kw: Any) -> None:
+    def __init__(
+        self, provider: str, detail: str | None = None, *, retry_after: float = 1.0, **kw: Any
+    ) -> None:
         self.provider = provider
         self.retry_after = max(0.0, float(retry_after))
-        super().__init__(detail or f"The {provider} service is unavailable; retry shortly.",
-                         retry_after=self.retry_after, **kw)
+        super().__init__(
+            detail or f"The {provider} service is unavailable; retry shortly.",
+            retry_after=self.retry_after,
+            **kw,
+        )
 
 
 class CircuitOpenError(UpstreamError):
@@ -208,7 +213,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # ARGV: reset_ms, trial_ms, token, keep_ms -> {code, ms}: 0 closed, 1 trial granted, 2 open (ms left),
 # 3 half-open with the trial taken (ms until that trial's slot expires)
-_ACQUIRE = _NOW + """
+_ACQUIRE = (
+    _NOW
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'closed' then return {0, 0} end
 local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0')
@@ -221,9 +228,12 @@ if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[2]) then
 end
 return {3, redis.call('PTTL', KEYS[2])}
 """
+)
 
 # ARGV: reset_ms -> {code, ms} like _ACQUIRE but never takes the trial (used between retries)
-_CHECK = _NOW + """
+_CHECK = (
+    _NOW
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'closed' then return {0, 0} end
 local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0')
@@ -231,6 +241,7 @@ local left = opened + tonumber(ARGV[1]) - now
 if left > 0 then return {2, left} end
 return {3, 1000}
 """
+)
 
 # ARGV: is_trial, token, keep_ms -> new state code
 _SUCCESS = """
@@ -256,7 +267,9 @@ return 2
 """
 
 # ARGV: is_trial, token, fail_max, keep_ms -> {state code, failures}
-_FAILURE = _NOW + """
+_FAILURE = (
+    _NOW
+    + """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 if ARGV[1] == '1' then
   if redis.call('GET', KEYS[2]) == ARGV[2] then
@@ -279,6 +292,7 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {0, failures}
 """
+)
 
 # ARGV: token -> 1 if the trial slot was ours and is now free
 _RELEASE = """
@@ -287,7 +301,9 @@ return 0
 """
 
 # -> {state code, failures, ms left}
-_SNAPSHOT = _NOW + """
+_SNAPSHOT = (
+    _NOW
+    + """
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
 if state == 'closed' then return {0, failures, 0} end
@@ -296,15 +312,29 @@ local left = opened + tonumber(ARGV[1]) - now
 if left > 0 then return {2, failures, left} end
 return {1, failures, 0}
 """
+)
 
-_CODE_STATE = {0: BreakerState.CLOSED, 1: BreakerState.HALF_OPEN, 2: BreakerState.OPEN, 3: BreakerState.HALF_OPEN}
+_CODE_STATE = {
+    0: BreakerState.CLOSED,
+    1: BreakerState.HALF_OPEN,
+    2: BreakerState.OPEN,
+    3: BreakerState.HALF_OPEN,
+}
 
 
 class RedisBreaker:
     """The shared breaker; falls back to ``self.local`` whenever Redis fails."""
 
-    def __init__(self, provider: str, redis: Any, *, fail_max: int, reset_seconds: float,
-                 trial_seconds: float, key_prefix: str = "tradedesk:breaker") -> None:
+    def __init__(
+        self,
+        provider: str,
+        redis: Any,
+        *,
+        fail_max: int,
+        reset_seconds: float,
+        trial_seconds: float,
+        key_prefix: str = "tradedesk:breaker",
+    ) -> None:
         self.provider = provider
         self.redis = redis
         self.fail_max = fail_max
@@ -313,8 +343,9 @@ class RedisBreaker:
         # Keep the hash well past any open period; a forgotten provider's state then ages out by itself.
         self.keep_ms = max(86_400_000, 10 * self.reset_ms)
         self.keys = [f"{key_prefix}:{provider}", f"{key_prefix}:{provider}:trial"]
-        self.local = LocalBreaker(provider, fail_max=fail_max, reset_seconds=reset_seconds,
-                                  trial_seconds=trial_seconds)
+        self.local = LocalBreaker(
+            provider, fail_max=fail_max, reset_seconds=reset_seconds, trial_seconds=trial_seconds
+        )
         self.guard = RedisGuard("breaker")
         self._gauge = CIRCUIT_BREAKER_STATE.labels(provider)
         self._acquire = redis.register_script(_ACQUIRE)
@@ -328,7 +359,9 @@ class RedisBreaker:
         if self.guard.available:
             token = uuid.uuid4().hex
             try:
-                code, ms = await self._acquire(keys=self.keys, args=[self.reset_ms, self.trial_ms, token, self.keep_ms])
+                code, ms = await self._acquire(
+                    keys=self.keys, args=[self.reset_ms, self.trial_ms, token, self.keep_ms]
+                )
             except REDIS_FAILURES as exc:
                 self.guard.failed(exc, "acquire")
             else:
@@ -357,8 +390,9 @@ class RedisBreaker:
     async def record_success(self, permit: Permit) -> None:
         if permit.backend == "redis" and self.guard.available:
             try:
-                code = await self._success(keys=self.keys, args=["1" if permit.trial else "0", permit.token,
-                                                                  self.keep_ms])
+                code = await self._success(
+                    keys=self.keys, args=["1" if permit.trial else "0", permit.token, self.keep_ms]
+                )
             except REDIS_FAILURES as exc:
                 self.guard.failed(exc, "record_success")
             else:
@@ -369,8 +403,10 @@ class RedisBreaker:
     async def record_failure(self, permit: Permit) -> None:
         if permit.backend == "redis" and self.guard.available:
             try:
-                code, _ = await self._failure(keys=self.keys, args=["1" if permit.trial else "0", permit.token,
-                                                                     self.fail_max, self.keep_ms])
+                code, _ = await self._failure(
+                    keys=self.keys,
+                    args=["1" if permit.trial else "0", permit.token, self.fail_max, self.keep_ms],
+                )
             except REDIS_FAILURES as exc:
                 self.guard.failed(exc, "record_failure")
             else:
@@ -400,10 +436,14 @@ class RedisBreaker:
         return self.local.snapshot_now()
 
 
-def make_breaker(provider: str, *, redis: Any | None, fail_max: int, reset_seconds: float,
-                 trial_seconds: float) -> CircuitBreaker:
+def make_breaker(
+    provider: str, *, redis: Any | None, fail_max: int, reset_seconds: float, trial_seconds: float
+) -> CircuitBreaker:
     """The shared (Redis) breaker when Redis is configured, else the in-process one."""
     if redis is None:
-        return LocalBreaker(provider, fail_max=fail_max, reset_seconds=reset_seconds, trial_seconds=trial_seconds)
-    return RedisBreaker(provider, redis, fail_max=fail_max, reset_seconds=reset_seconds,
-                        trial_seconds=trial_seconds)
+        return LocalBreaker(
+            provider, fail_max=fail_max, reset_seconds=reset_seconds, trial_seconds=trial_seconds
+        )
+    return RedisBreaker(
+        provider, redis, fail_max=fail_max, reset_seconds=reset_seconds, trial_seconds=trial_seconds
+    )

@@ -143,7 +143,9 @@ class Settings(BaseSettings):
     def _check_jwt_secret(cls, value: SecretStr) -> SecretStr:
         raw = value.get_secret_value()
         if len(raw) < 32:
-            raise ValueError("must be at least 32 characters (generate one: python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+            raise ValueError(
+                "must be at least 32 characters (generate one: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
         if raw.lower() in {"changeme" * 4, "change-me" * 4} or len(set(raw)) < 8:
             raise ValueError("looks like a placeholder; generate a random secret")
         return value
@@ -188,7 +190,9 @@ class Settings(BaseSettings):
         try:
             parse_limit(value)
         except ValueError:
-            raise ValueError(f"{value!r} is not a rate limit (examples: '5/minute', '600/minute', '10/second')") from None
+            raise ValueError(
+                f"{value!r} is not a rate limit (examples: '5/minute', '600/minute', '10/second')"
+            ) from None
         return value
 
     @field_validator("trusted_proxies")
@@ -222,7 +226,9 @@ class Settings(BaseSettings):
             if insecure:
                 raise ValueError("FRONTEND_URL: every origin must use https when APP_ENV=production")
             if self.broker_oauth_provider == "local":
-                raise ValueError("BROKER_OAUTH_PROVIDER: local links no real account; refused when APP_ENV=production")
+                raise ValueError(
+                    "BROKER_OAUTH_PROVIDER: local links no real account; refused when APP_ENV=production"
+                )
         return self
 
     # --- derived values -------------------------------------------------------------
@@ -230,7 +236,9 @@ class Settings(BaseSettings):
     def pseudonym_key(self) -> bytes:
         """The server-side key that turns identifiers (emails) into rate-limit keys and log fields:
         derived from JWT_SECRET under its own label, so it is never the signing key itself."""
-        return hmac.new(self.jwt_secret.get_secret_value().encode(), b"tradedesk/pseudonym/v1", hashlib.sha256).digest()
+        return hmac.new(
+            self.jwt_secret.get_secret_value().encode(), b"tradedesk/pseudonym/v1", hashlib.sha256
+        ).digest()
 
     @cached_property
     def frontend_origins(self) -> list[str]:

@@ -120,8 +120,9 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-        self._autocommit = async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"),
-                                              expire_on_commit=False, autoflush=False)
+        self._autocommit = async_sessionmaker(
+            engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False, autoflush=False
+        )
 
     def request_session(self) -> AsyncSession:
         """A session for ``get_session``, which owns its commit; use nowhere else."""

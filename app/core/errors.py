@@ -58,7 +58,9 @@ class Unauthorized(AppError):
 
     def __init__(self, detail: str | None = None, **kw: Any) -> None:
         kw.setdefault("headers", {"WWW-Authenticate": "Bearer"})
-        super().__init__(detail or "Authentication required: send 'Authorization: Bearer <access_token>'.", **kw)
+        super().__init__(
+            detail or "Authentication required: send 'Authorization: Bearer <access_token>'.", **kw
+        )
 
 
 class NotFound(AppError):
@@ -101,8 +103,17 @@ class BodyTooLarge(StarletteHTTPException):
 # (routing, content negotiation, the body cap).
 _HTTP_TITLES: dict[int, tuple[str, str]] = {
     cls.status: (cls.title, cls.slug)
-    for cls in (AppError, BadRequest, Unauthorized, NotFound, Conflict, Unprocessable, TooManyRequests,
-                BadGateway, ServiceUnavailable)
+    for cls in (
+        AppError,
+        BadRequest,
+        Unauthorized,
+        NotFound,
+        Conflict,
+        Unprocessable,
+        TooManyRequests,
+        BadGateway,
+        ServiceUnavailable,
+    )
 } | {
     403: ("Forbidden", "forbidden"),
     405: ("Method Not Allowed", "method-not-allowed"),
@@ -142,8 +153,12 @@ def problem_body(
 
 
 def problem_response(status: int, *, headers: Mapping[str, str] | None = None, **kw: Any) -> JSONResponse:
-    return JSONResponse(problem_body(status, **kw), status_code=status, headers=dict(headers or {}),
-                        media_type=PROBLEM_CONTENT_TYPE)
+    return JSONResponse(
+        problem_body(status, **kw),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type=PROBLEM_CONTENT_TYPE,
+    )
 
 
 def _field_path(loc: Iterable[Any]) -> str:
@@ -166,8 +181,14 @@ def validation_errors(raw: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
 
 async def _app_error_handler(request: Request, exc: AppError) -> JSONResponse:
     return problem_response(
-        exc.status, title=exc.title, detail=exc.detail, slug=exc.slug, instance=request.url.path,
-        errors=exc.errors, extra=exc.extra, headers=exc.headers,
+        exc.status,
+        title=exc.title,
+        detail=exc.detail,
+        slug=exc.slug,
+        instance=request.url.path,
+        errors=exc.errors,
+        extra=exc.extra,
+        headers=exc.headers,
     )
 
 
@@ -177,22 +198,27 @@ async def _http_exception_handler(request: Request, exc: StarletteHTTPException)
         detail = f"No route matches {request.method} {request.url.path}."
     if exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}."
-    return problem_response(exc.status_code, detail=detail, instance=request.url.path,
-                            headers=getattr(exc, "headers", None) or {})
+    return problem_response(
+        exc.status_code, detail=detail, instance=request.url.path, headers=getattr(exc, "headers", None) or {}
+    )
 
 
 async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = validation_errors(exc.errors())
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-    return problem_response(422, detail=f"The request is invalid: {summary}", instance=request.url.path,
-                            errors=errors)
+    return problem_response(
+        422, detail=f"The request is invalid: {summary}", instance=request.url.path, errors=errors
+    )
 
 
 async def _pool_timeout_handler(request: Request, exc: sqlalchemy.exc.TimeoutError) -> JSONResponse:
     DB_POOL_TIMEOUTS.inc()
     log.warning("database pool exhausted", extra={"path": request.url.path})
     return problem_response(
-        503, detail="The database is busy; retry shortly.", slug="db-busy", instance=request.url.path,
+        503,
+        detail="The database is busy; retry shortly.",
+        slug="db-busy",
+        instance=request.url.path,
         headers={"Retry-After": "1"},
     )
 
@@ -203,8 +229,11 @@ async def _dbapi_error_handler(request: Request, exc: sqlalchemy.exc.DBAPIError)
         # has been invalidated, so a retry gets a fresh connection.
         log_exception(log, "database connection lost", exc, path=request.url.path)
         return problem_response(
-            503, detail="The database connection was lost; retry shortly.", slug="db-unavailable",
-            instance=request.url.path, headers={"Retry-After": "1"},
+            503,
+            detail="The database connection was lost; retry shortly.",
+            slug="db-unavailable",
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
         )
     log_exception(log, "unhandled exception", exc)
     return unhandled_problem()
@@ -215,18 +244,28 @@ def log_exception(logger: logging.Logger, message: str, exc: BaseException, **ex
     offending values (PostgreSQL quotes them), so for those only the type, SQLSTATE and stack are kept."""
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
         orig = exc.orig
-        sqlstate = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
-        logger.error(message, extra={
-            **extra, "exc_type": type(exc).__name__, "db_error": type(orig).__name__, "sqlstate": sqlstate,
-            "stack": "".join(traceback.format_tb(exc.__traceback__)),
-        })
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(
+            getattr(orig, "__cause__", None), "sqlstate", None
+        )
+        logger.error(
+            message,
+            extra={
+                **extra,
+                "exc_type": type(exc).__name__,
+                "db_error": type(orig).__name__,
+                "sqlstate": sqlstate,
+                "stack": "".join(traceback.format_tb(exc.__traceback__)),
+            },
+        )
     else:
         logger.error(message, exc_info=exc, extra=extra)
 
 
 def unhandled_problem() -> JSONResponse:
     UNHANDLED_ERRORS.inc()
-    return problem_response(500, detail="An unexpected error occurred; it has been logged with this request id.")
+    return problem_response(
+        500, detail="An unexpected error occurred; it has been logged with this request id."
+    )
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -59,9 +59,19 @@ from app.core.config import Settings
 from app.core.observability import EXTERNAL_API_LATENCY, EXTERNAL_API_REQUESTS, EXTERNAL_API_RETRIES
 
 __all__ = [
-    "IDEMPOTENT_METHODS", "USER_AGENT", "BreakerState", "CircuitOpenError", "Outbound", "OutboundClient",
-    "UpstreamBadResponse", "UpstreamConnectError", "UpstreamError", "UpstreamRateLimited",
-    "UpstreamStatusError", "UpstreamTimeout", "parse_retry_after",
+    "IDEMPOTENT_METHODS",
+    "USER_AGENT",
+    "BreakerState",
+    "CircuitOpenError",
+    "Outbound",
+    "OutboundClient",
+    "UpstreamBadResponse",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamRateLimited",
+    "UpstreamStatusError",
+    "UpstreamTimeout",
+    "parse_retry_after",
 ]
 
 log = logging.getLogger("tradedesk.outbound")
@@ -73,11 +83,19 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # before an answer arrived. Read/write *timeouts* are not retried: the provider is slow, and another
 # attempt would only add load and run into the deadline anyway.
 RETRY_EXCEPTIONS: tuple[type[Exception], ...] = (
-    httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ReadError, httpx.WriteError,
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
     httpx.RemoteProtocolError,
 )
 # Failures that certainly happened before any byte of the request left this process.
-NOT_SENT_EXCEPTIONS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+NOT_SENT_EXCEPTIONS: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+)
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_RETRY_AFTER = 5.0  # seconds: a longer Retry-After ends the call instead of sleeping
@@ -112,8 +130,11 @@ class UpstreamStatusError(UpstreamError):
         self.status_code = response.status_code
         self.response = response
         retry_after = parse_retry_after(response.headers)
-        super().__init__(provider, f"The {provider} service failed (HTTP {response.status_code}); retry shortly.",
-                         retry_after=retry_after if retry_after is not None else 1.0)
+        super().__init__(
+            provider,
+            f"The {provider} service failed (HTTP {response.status_code}); retry shortly.",
+            retry_after=retry_after if retry_after is not None else 1.0,
+        )
 
 
 class UpstreamRateLimited(UpstreamError):
@@ -121,8 +142,11 @@ class UpstreamRateLimited(UpstreamError):
 
     def __init__(self, provider: str, *, retry_after: float, response: httpx.Response | None = None) -> None:
         self.response = response
-        super().__init__(provider, f"The {provider} service is rate limiting us; retry in "
-                                   f"{max(1, math.ceil(retry_after))} s.", retry_after=retry_after)
+        super().__init__(
+            provider,
+            f"The {provider} service is rate limiting us; retry in {max(1, math.ceil(retry_after))} s.",
+            retry_after=retry_after,
+        )
 
 
 class UpstreamBadResponse(UpstreamError):
@@ -208,14 +232,25 @@ class OutboundClient:
         self._client = httpx.AsyncClient(
             base_url=base_url,
             timeout=self.timeouts,
-            limits=limits or httpx.Limits(max_connections=50, max_keepalive_connections=10, keepalive_expiry=30),
+            limits=limits
+            or httpx.Limits(max_connections=50, max_keepalive_connections=10, keepalive_expiry=30),
             headers={"User-Agent": USER_AGENT, "Accept": "application/json", **dict(headers or {})},
             transport=transport,
             follow_redirects=False,
         )
-        self._requests = {o: EXTERNAL_API_REQUESTS.labels(provider, o) for o in (
-            "success", "client_error", "rate_limited", "server_error", "timeout", "connection_error",
-            "invalid_response", "circuit_open")}
+        self._requests = {
+            o: EXTERNAL_API_REQUESTS.labels(provider, o)
+            for o in (
+                "success",
+                "client_error",
+                "rate_limited",
+                "server_error",
+                "timeout",
+                "connection_error",
+                "invalid_response",
+                "circuit_open",
+            )
+        }
         self._latency = EXTERNAL_API_LATENCY.labels(provider)
         self._retries = EXTERNAL_API_RETRIES.labels(provider)
 
@@ -265,17 +300,21 @@ class OutboundClient:
             except TimeoutError:
                 raise UpstreamTimeout(self.provider, seconds=budget) from None
             except httpx.TimeoutException as exc:
-                raise UpstreamTimeout(self.provider, maybe_sent=not isinstance(exc, NOT_SENT_EXCEPTIONS),
-                                      seconds=budget) from None
+                raise UpstreamTimeout(
+                    self.provider, maybe_sent=not isinstance(exc, NOT_SENT_EXCEPTIONS), seconds=budget
+                ) from None
             except httpx.TransportError as exc:
-                raise UpstreamConnectError(self.provider, maybe_sent=not isinstance(exc, NOT_SENT_EXCEPTIONS)) from None
+                raise UpstreamConnectError(
+                    self.provider, maybe_sent=not isinstance(exc, NOT_SENT_EXCEPTIONS)
+                ) from None
             except _RetryableStatus as exc:
                 response = exc.response
             status = response.status_code
             if status == 429:
                 retry_after = parse_retry_after(response.headers)
-                raise UpstreamRateLimited(self.provider, retry_after=1.0 if retry_after is None else retry_after,
-                                          response=response)
+                raise UpstreamRateLimited(
+                    self.provider, retry_after=1.0 if retry_after is None else retry_after, response=response
+                )
             if status >= 500:
                 raise UpstreamStatusError(self.provider, response)
             outcome = "success" if status < 400 else "client_error"
@@ -297,14 +336,22 @@ class OutboundClient:
         self._latency.observe(elapsed)
         if outcome in ("server_error", "timeout", "connection_error", "invalid_response"):
             await self.breaker.record_failure(permit)
-            log.warning("outbound call failed", extra={
-                "provider": self.provider, "method": method, "outcome": outcome,
-                "duration_ms": round(elapsed * 1000, 1)})
+            log.warning(
+                "outbound call failed",
+                extra={
+                    "provider": self.provider,
+                    "method": method,
+                    "outcome": outcome,
+                    "duration_ms": round(elapsed * 1000, 1),
+                },
+            )
         elif outcome != "circuit_open":
             # Any answer below 500 (429 included) proves the provider is up.
             await self.breaker.record_success(permit)
 
-    async def _send_with_retries(self, request: httpx.Request, attempts: int, ends_at: float) -> httpx.Response:
+    async def _send_with_retries(
+        self, request: httpx.Request, attempts: int, ends_at: float
+    ) -> httpx.Response:
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, _RetryableStatus) and exc.retry_after is not None:
@@ -315,8 +362,11 @@ class OutboundClient:
             if state.attempt_number >= attempts:
                 return True
             exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, _RetryableStatus) and exc.retry_after is not None \
-                    and exc.retry_after > self.max_retry_after:
+            if (
+                isinstance(exc, _RetryableStatus)
+                and exc.retry_after is not None
+                and exc.retry_after > self.max_retry_after
+            ):
                 return True  # longer than we are willing to hold a caller: report it instead
             # No point sleeping past the deadline: fail now with the real reason.
             return time.perf_counter() + state.upcoming_sleep >= ends_at
@@ -350,8 +400,11 @@ class OutboundClient:
         finally:
             await response.aclose()
         # A plain, fully read response (the body is already decoded, so drop the encoding headers).
-        headers = [(k, v) for k, v in response.headers.multi_items()
-                   if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        headers = [
+            (k, v)
+            for k, v in response.headers.multi_items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
         return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=request)
 
 
@@ -388,13 +441,20 @@ class Outbound:
             raise ValueError(f"an outbound client for {provider!r} already exists")
         timeout = timeout or self.settings.http_timeout_seconds
         breaker = make_breaker(
-            provider, redis=self.redis, fail_max=self.settings.breaker_fail_max,
+            provider,
+            redis=self.redis,
+            fail_max=self.settings.breaker_fail_max,
             reset_seconds=self.settings.breaker_reset_seconds,
             trial_seconds=timeout + 2.0,  # the trial slot outlives the trial call (its deadline)
         )
         client = OutboundClient(
-            provider, base_url=base_url, timeout=timeout, breaker=breaker, headers=headers,
-            transport=self.transports.get(provider) or self.transports.get("*"), **options,
+            provider,
+            base_url=base_url,
+            timeout=timeout,
+            breaker=breaker,
+            headers=headers,
+            transport=self.transports.get(provider) or self.transports.get("*"),
+            **options,
         )
         self.clients[provider] = client
         return client
@@ -406,4 +466,3 @@ class Outbound:
         for client in self.clients.values():
             await client.aclose()
         self.clients.clear()
-

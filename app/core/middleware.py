@@ -97,7 +97,9 @@ def route_template(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, trusted_proxies: Sequence[Network] = (), production: bool = False) -> None:
+    def __init__(
+        self, app: ASGIApp, *, trusted_proxies: Sequence[Network] = (), production: bool = False
+    ) -> None:
         self.app = app
         self.trusted = list(trusted_proxies)
         base = [
@@ -174,20 +176,35 @@ class RequestContextMiddleware:
             key = (method, route, status)
             children = self._children.get(key)
             if children is None:
-                children = (HTTP_REQUESTS.labels(method, route, str(status)), HTTP_DURATION.labels(method, route))
+                children = (
+                    HTTP_REQUESTS.labels(method, route, str(status)),
+                    HTTP_DURATION.labels(method, route),
+                )
                 if len(self._children) < 5000:
                     self._children[key] = children
             children[0].inc()
             children[1].observe(duration)
             if self.access_log.enabled():
-                self.access_log.write(now=time.time(), request_id=request_id, method=method, route=route,
-                                      path=path, status=status, duration=duration, client_ip=client_ip)
+                self.access_log.write(
+                    now=time.time(),
+                    request_id=request_id,
+                    method=method,
+                    route=route,
+                    path=path,
+                    status=status,
+                    duration=duration,
+                    client_ip=client_ip,
+                )
             request_id_var.reset(token)
 
 
 _CORS_FAILURE_PREFIX = "Disallowed CORS "
-_CORS_PARTS = {"origin": "origin", "method": "method", "headers": "request headers",
-               "private-network": "private-network access"}
+_CORS_PARTS = {
+    "origin": "origin",
+    "method": "method",
+    "headers": "request headers",
+    "private-network": "private-network access",
+}
 
 
 class CORSMiddleware(StarletteCORSMiddleware):
@@ -204,15 +221,25 @@ class CORSMiddleware(StarletteCORSMiddleware):
         if response.status_code != 400:
             return response
         text = bytes(response.body).decode("latin-1")
-        failures = text.removeprefix(_CORS_FAILURE_PREFIX).split(", ") if text.startswith(_CORS_FAILURE_PREFIX) else []
+        failures = (
+            text.removeprefix(_CORS_FAILURE_PREFIX).split(", ")
+            if text.startswith(_CORS_FAILURE_PREFIX)
+            else []
+        )
         failures = [f for f in failures if f in _CORS_PARTS]
         if failures:
             detail = "CORS preflight refused: disallowed " + ", ".join(_CORS_PARTS[f] for f in failures) + "."
         else:
             detail = "CORS preflight refused."
         headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
-        return problem_response(400, title="CORS preflight refused", slug="cors-preflight-refused",
-                                detail=detail, headers=headers, extra={"disallowed": failures})
+        return problem_response(
+            400,
+            title="CORS preflight refused",
+            slug="cors-preflight-refused",
+            detail=detail,
+            headers=headers,
+            extra={"disallowed": failures},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -253,7 +280,9 @@ class BodyLimitMiddleware:
                     return
                 if declared > limit:
                     BODY_TOO_LARGE.inc()
-                    await _send_problem(send, 413, f"Request body exceeds the {limit}-byte limit.", close=True)
+                    await _send_problem(
+                        send, 413, f"Request body exceeds the {limit}-byte limit.", close=True
+                    )
                     return
         if not has_body:  # HTTP/1.1: neither header means no body at all
             await self.app(scope, receive, send)

@@ -39,11 +39,13 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("req
 # Metrics (process-wide, as Prometheus client libraries intend)
 # --------------------------------------------------------------------------------------
 HTTP_REQUESTS = Counter(
-    "http_requests_total", "HTTP requests served, by method, route template and status.",
+    "http_requests_total",
+    "HTTP requests served, by method, route template and status.",
     ["method", "route", "status"],
 )
 HTTP_DURATION = Histogram(
-    "http_request_duration_seconds", "Time to serve a request, by route template.",
+    "http_request_duration_seconds",
+    "Time to serve a request, by route template.",
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
@@ -53,7 +55,8 @@ DB_POOL_CHECKED_OUT = Gauge(
 )
 DB_POOL_SIZE = Gauge("db_pool_size", "Configured steady-state pool size.", multiprocess_mode="livesum")
 DB_POOL_OVERFLOW = Gauge(
-    "db_pool_overflow", "Connections open beyond the pool size now (negative: unused slots).",
+    "db_pool_overflow",
+    "Connections open beyond the pool size now (negative: unused slots).",
     multiprocess_mode="livesum",
 )
 DB_POOL_TIMEOUTS = Counter("db_pool_timeouts_total", "Pool checkouts that timed out (answered 503).")
@@ -69,8 +72,10 @@ RATE_LIMIT_SKIPPED = Counter(
 BODY_TOO_LARGE = Counter("http_request_body_too_large_total", "Requests refused with 413.")
 UNHANDLED_ERRORS = Counter("http_unhandled_exceptions_total", "Unexpected exceptions answered with 500.")
 WEBHOOK_EVENTS = Counter(
-    "webhook_events_total", "Stripe webhook deliveries by event type and outcome "
-    "(processed, ignored, duplicate, bad_signature, unprocessable, failed, disabled).", ["type", "outcome"],
+    "webhook_events_total",
+    "Stripe webhook deliveries by event type and outcome "
+    "(processed, ignored, duplicate, bad_signature, unprocessable, failed, disabled).",
+    ["type", "outcome"],
 )
 READINESS_CHECKS = Counter(
     "readiness_checks_total",
@@ -97,25 +102,32 @@ EXTERNAL_API_REQUESTS = Counter(
     ["provider", "outcome"],
 )
 EXTERNAL_API_LATENCY = Histogram(
-    "external_api_latency_seconds", "Wall time of an outbound call (all attempts and back-off), by provider.",
+    "external_api_latency_seconds",
+    "Wall time of an outbound call (all attempts and back-off), by provider.",
     ["provider"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-EXTERNAL_API_RETRIES = Counter("external_api_retries_total", "Outbound attempts that were retries.", ["provider"])
+EXTERNAL_API_RETRIES = Counter(
+    "external_api_retries_total", "Outbound attempts that were retries.", ["provider"]
+)
 # Several workers: the worst state any live worker is applying. With Redis every worker mirrors the shared
 # state on each call to the provider, so they agree; without Redis (or while it fails) each worker runs its
 # own breaker, and "some worker refuses calls" is what an alert must see — "mostrecent" would show whichever
 # worker wrote last (a restarting worker's initial 0 included) and could hide an open breaker.
 CIRCUIT_BREAKER_STATE = Gauge(
-    "circuit_breaker_state", "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.", ["provider"],
+    "circuit_breaker_state",
+    "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.",
+    ["provider"],
     multiprocess_mode="livemax",
 )
 SHARED_STATE_FALLBACKS = Counter(
     "shared_state_fallbacks_total",
-    "Redis operations that failed and fell back to in-process state (breaker, cache).", ["component"],
+    "Redis operations that failed and fell back to in-process state (breaker, cache).",
+    ["component"],
 )
 MARKET_DATA_CACHE = Counter(
-    "market_data_cache_total", "Market-data cache answers by kind (quote, bars) and result (HIT, MISS, STALE, ERROR).",
+    "market_data_cache_total",
+    "Market-data cache answers by kind (quote, bars) and result (HIT, MISS, STALE, ERROR).",
     ["kind", "result"],
 )
 
@@ -215,8 +227,18 @@ class AccessLogWriter:
             self._prefix = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
         return f"{self._prefix}.{int((now - second) * 1000):03d}+00:00"
 
-    def write(self, *, now: float, request_id: str, method: str, route: str, path: str, status: int,
-              duration: float, client_ip: str) -> None:
+    def write(
+        self,
+        *,
+        now: float,
+        request_id: str,
+        method: str,
+        route: str,
+        path: str,
+        status: int,
+        duration: float,
+        client_ip: str,
+    ) -> None:
         line = (
             f'{{"ts":"{self._timestamp(now)}","level":"info","logger":"tradedesk.access","msg":"request",'
             f'"request_id":"{request_id}","method":{_q(method)},"route":{_q(route)},"path":{_q(path)},'

@@ -100,8 +100,14 @@ return {acquired, previous_count, previous_ttl, current_count, current_ttl}
 """
 
 
-def window_decision(item: RateLimitItem, allowed: bool, previous_count: int, previous_ttl: float,
-                    current_count: int, current_ttl: float) -> Decision:
+def window_decision(
+    item: RateLimitItem,
+    allowed: bool,
+    previous_count: int,
+    previous_ttl: float,
+    current_count: int,
+    current_ttl: float,
+) -> Decision:
     """limits' SlidingWindowCounterRateLimiter.get_window_stats arithmetic (TTLs in seconds)."""
     expiry = item.get_expiry()
     weighted = previous_count * previous_ttl / expiry + current_count
@@ -121,18 +127,27 @@ STORAGE_COOLDOWN_SECONDS = 2.0  # after a storage failure, skip the storage this
 class RateLimiter:
     """Owns the limiting strategy over the shared Redis client (or memory); one per process, built in the lifespan."""
 
-    def __init__(self, redis: aioredis.Redis | None, *, key_prefix: str = "tradedesk-rl",
-                 cooldown: float = STORAGE_COOLDOWN_SECONDS) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis | None,
+        *,
+        key_prefix: str = "tradedesk-rl",
+        cooldown: float = STORAGE_COOLDOWN_SECONDS,
+    ) -> None:
         self.guard = RedisGuard("ratelimit", cooldown=cooldown, fallback="no shared limits (failing open)")
         self.storage: RedisStorage | MemoryStorage
         self._script: Any = None
         if redis is not None:
             # limits' Redis storage on the app's own connection pool: its key scheme and strategy are
             # used as they are (tests read windows through it); the hot path is our one-script hit.
-            self.storage = RedisStorage("async+redis://", implementation="redispy", key_prefix=key_prefix,
-                                        wrap_exceptions=True,
-                                        # limits types **options as scalars; its redis-py bridge takes a pool
-                                        connection_pool=redis.connection_pool)  # type: ignore[arg-type]
+            self.storage = RedisStorage(
+                "async+redis://",
+                implementation="redispy",
+                key_prefix=key_prefix,
+                wrap_exceptions=True,
+                # limits types **options as scalars; its redis-py bridge takes a pool
+                connection_pool=redis.connection_pool,  # type: ignore[arg-type]
+            )
             self.backend = "redis"
             self._script = redis.register_script(_ACQUIRE_AND_REPORT)
         else:
@@ -148,8 +163,9 @@ class RateLimiter:
         reset_at, remaining = await self._local.get_window_stats(item, name, *identifiers)
         return Decision(allowed, item.amount, int(remaining), float(reset_at))
 
-    async def _without_storage(self, item: RateLimitItem, name: str, *identifiers: str,
-                               local_fallback: bool) -> Decision:
+    async def _without_storage(
+        self, item: RateLimitItem, name: str, *identifiers: str, local_fallback: bool
+    ) -> Decision:
         return await self._hit_local(item, name, *identifiers) if local_fallback else _unlimited(item)
 
     async def _hit_redis(self, item: RateLimitItem, name: str, *identifiers: str) -> Decision:
@@ -159,11 +175,20 @@ class RateLimiter:
         previous = storage.bridge.prefixed_key(storage._previous_window_key(key))
         # Bounded by the shared client's timeouts (connect, pool wait, each reply: STORAGE_TIMEOUT_SECONDS).
         acquired, prev_count, prev_ttl, cur_count, cur_ttl = await self._script(
-            keys=[previous, current], args=[item.amount, item.get_expiry(), 1])
-        return window_decision(item, bool(acquired), int(prev_count), max(0.0, float(prev_ttl)) / 1000,
-                               int(cur_count), max(0.0, float(cur_ttl)) / 1000)
+            keys=[previous, current], args=[item.amount, item.get_expiry(), 1]
+        )
+        return window_decision(
+            item,
+            bool(acquired),
+            int(prev_count),
+            max(0.0, float(prev_ttl)) / 1000,
+            int(cur_count),
+            max(0.0, float(cur_ttl)) / 1000,
+        )
 
-    async def hit(self, item: RateLimitItem, name: str, *identifiers: str, local_fallback: bool = False) -> Decision:
+    async def hit(
+        self, item: RateLimitItem, name: str, *identifiers: str, local_fallback: bool = False
+    ) -> Decision:
         """Consume one unit of ``item`` for the identifiers; never raises on storage failure.
 
         When the storage fails the limit fails open, or — with ``local_fallback`` — is enforced per
@@ -185,8 +210,14 @@ class RateLimiter:
         self.guard.succeeded()
         return decision
 
-    async def enforce(self, request: Request, limit: str | RateLimitItem, name: str, *identifiers: str,
-                      local_fallback: bool = False) -> Decision:
+    async def enforce(
+        self,
+        request: Request,
+        limit: str | RateLimitItem,
+        name: str,
+        *identifiers: str,
+        local_fallback: bool = False,
+    ) -> Decision:
         """Consume one unit; raise 429 problem+json when the limit is exhausted. ``local_fallback``: keep
         enforcing per process if the shared storage fails (for limits that guard security, e.g. login)."""
         item = parse(limit) if isinstance(limit, str) else limit
@@ -197,8 +228,11 @@ class RateLimiter:
             log.info("rate limit exceeded", extra={"limit": name, "route": route})
             raise TooManyRequests(
                 f"Rate limit '{limit}' exceeded for {name}; retry in {decision.retry_after} s.",
-                headers={**decision.headers(), "X-RateLimit-Remaining": "0",
-                         "Retry-After": str(decision.retry_after)},
+                headers={
+                    **decision.headers(),
+                    "X-RateLimit-Remaining": "0",
+                    "Retry-After": str(decision.retry_after),
+                },
             )
         _remember(request, decision)
         return decision

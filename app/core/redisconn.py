@@ -97,6 +97,10 @@ class RedisGuard:
             self._last_log = now
             log.warning(
                 f"redis failed; using {self.fallback}",
-                extra={"component": self.component, "operation": operation, "error": type(exc).__name__,
-                       "cooldown_s": self.cooldown},
+                extra={
+                    "component": self.component,
+                    "operation": operation,
+                    "error": type(exc).__name__,
+                    "cooldown_s": self.cooldown,
+                },
             )

@@ -50,10 +50,28 @@ LINK_REL = "noopener noreferrer nofollow"
 
 # Elements whose *content* is dropped with them: scripts and styles (their text is code, not prose),
 # and raw-text / embedding / foreign elements whose content is not visible text either.
-DROP_CONTENT_TAGS = frozenset({
-    "script", "style", "template", "noscript", "noembed", "noframes", "xmp", "textarea", "title",
-    "iframe", "frame", "frameset", "object", "embed", "applet", "svg", "math", "select",
-})
+DROP_CONTENT_TAGS = frozenset(
+    {
+        "script",
+        "style",
+        "template",
+        "noscript",
+        "noembed",
+        "noframes",
+        "xmp",
+        "textarea",
+        "title",
+        "iframe",
+        "frame",
+        "frameset",
+        "object",
+        "embed",
+        "applet",
+        "svg",
+        "math",
+        "select",
+    }
+)
 
 # Raw input may be longer than the stored value (markup, references), but not unboundedly so.
 RAW_LENGTH_FACTOR = 4

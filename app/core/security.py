@@ -84,7 +84,9 @@ def _default_workers() -> int:
 def _lower_thread_priority() -> None:
     try:
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + HASH_THREAD_NICENESS))
+        os.setpriority(
+            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + HASH_THREAD_NICENESS)
+        )
     except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
         pass
 
@@ -98,7 +100,9 @@ class _PriorityGate:
 
     def __init__(self, slots: int, classes: int = 2) -> None:
         self._free = slots
-        self._waiters: list[collections.deque[asyncio.Future[None]]] = [collections.deque() for _ in range(classes)]
+        self._waiters: list[collections.deque[asyncio.Future[None]]] = [
+            collections.deque() for _ in range(classes)
+        ]
 
     async def acquire(self, urgency: int) -> None:
         if self._free > 0 and not any(self._waiters):
@@ -143,13 +147,18 @@ class PasswordHashing:
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         self.hasher = PasswordHasher(
-            time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism,
-            hash_len=hash_len, salt_len=salt_len, type=Type.ID,
+            time_cost=time_cost,
+            memory_cost=memory_cost,
+            parallelism=parallelism,
+            hash_len=hash_len,
+            salt_len=salt_len,
+            type=Type.ID,
         )
         self.max_workers = max_workers or _default_workers()
         self.max_pending = max_pending
-        self._executor = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="argon2",
-                                            initializer=_lower_thread_priority)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.max_workers, thread_name_prefix="argon2", initializer=_lower_thread_priority
+        )
         self._pending = 0
         self.max_pending_signups = max(1, max_pending // 4)
         self._gate = _PriorityGate(self.max_workers)
@@ -164,8 +173,10 @@ class PasswordHashing:
     async def _run(self, operation: str, fn: Callable[..., T], *args: Any, urgency: int = LOGIN) -> T:
         cap = self.max_pending if urgency == LOGIN else self.max_pending_signups
         if self._pending >= cap:
-            log.warning("password hashing queue full; shedding load",
-                        extra={"pending": self._pending, "for": "login" if urgency == LOGIN else "signup"})
+            log.warning(
+                "password hashing queue full; shedding load",
+                extra={"pending": self._pending, "for": "login" if urgency == LOGIN else "signup"},
+            )
             PASSWORD_HASH_SHED.labels("login" if urgency == LOGIN else "signup").inc()
             raise ServiceUnavailable("The sign-in service is busy; retry shortly.", retry_after=1)
         self._pending += 1
@@ -182,7 +193,9 @@ class PasswordHashing:
     async def hash(self, password: str, *, signup: bool = False) -> str:
         """A new Argon2id hash (random salt) of the NFKC-normalised password; ``signup`` queues it behind
         every login and sheds it first."""
-        return await self._run("hash", self.hasher.hash, _prepare(password), urgency=SIGNUP if signup else LOGIN)
+        return await self._run(
+            "hash", self.hasher.hash, _prepare(password), urgency=SIGNUP if signup else LOGIN
+        )
 
     async def verify(self, stored_hash: str, password: str) -> tuple[bool, bool]:
         """(matches, needs_rehash). A malformed stored hash never matches (and is logged)."""
@@ -233,8 +246,9 @@ def issue_access_token(*, user_id: uuid.UUID, settings: Settings, now: int | Non
         "iss": JWT_ISSUER,
         "aud": JWT_AUDIENCE,
     }
-    token = jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm=JWT_ALGORITHM,
-                       headers={"typ": "JWT"})
+    token = jwt.encode(
+        claims, settings.jwt_secret.get_secret_value(), algorithm=JWT_ALGORITHM, headers={"typ": "JWT"}
+    )
     return AccessToken(token=token, expires_in=ttl)
 
 
@@ -242,8 +256,10 @@ class InvalidToken(Unauthorized):
     slug = "invalid-token"
 
     def __init__(self) -> None:
-        super().__init__("The access token is invalid or has expired; log in again.",
-                         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        super().__init__(
+            "The access token is invalid or has expired; log in again.",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
 
 
 def decode_access_token(token: str, *, settings: Settings) -> uuid.UUID:
@@ -256,8 +272,14 @@ def decode_access_token(token: str, *, settings: Settings) -> uuid.UUID:
             audience=JWT_AUDIENCE,
             issuer=JWT_ISSUER,
             leeway=JWT_LEEWAY_SECONDS,
-            options={"require": list(JWT_REQUIRED_CLAIMS), "verify_signature": True, "verify_exp": True,
-                     "verify_iat": True, "verify_aud": True, "verify_iss": True},
+            options={
+                "require": list(JWT_REQUIRED_CLAIMS),
+                "verify_signature": True,
+                "verify_exp": True,
+                "verify_iat": True,
+                "verify_aud": True,
+                "verify_iss": True,
+            },
         )
         return uuid.UUID(str(claims["sub"]))
     except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:

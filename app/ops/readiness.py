@@ -26,8 +26,14 @@ READINESS_TTL_SECONDS = 1.0
 class ReadinessProbe:
     """One database round trip per ``ttl`` per process, shared by every concurrent caller."""
 
-    def __init__(self, database: Database, *, timeout: float = READINESS_TIMEOUT_SECONDS,
-                 ttl: float = READINESS_TTL_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        timeout: float = READINESS_TIMEOUT_SECONDS,
+        ttl: float = READINESS_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.database = database
         self.timeout = timeout
         self.ttl = ttl

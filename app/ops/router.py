@@ -17,13 +17,18 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: the database answers", responses={503: {"description": "Not ready"}})
+@router.get(
+    "/readyz", summary="Readiness: the database answers", responses={503: {"description": "Not ready"}}
+)
 async def readyz(readiness: ReadinessDep) -> Response:
     """200 while the database answers; checked at most once a second per process (app/ops/readiness.py)."""
     if not await readiness.ready():
         return problem_response(
-            503, detail="The database did not answer within the readiness timeout.", slug="not-ready",
-            headers={"Retry-After": "5"}, extra={"checks": {"database": "unavailable"}},
+            503,
+            detail="The database did not answer within the readiness timeout.",
+            slug="not-ready",
+            headers={"Retry-After": "5"},
+            extra={"checks": {"database": "unavailable"}},
         )
     return JSONResponse({"status": "ready", "checks": {"database": "ok"}})
 

@@ -52,8 +52,16 @@ class BrokerOAuth(Protocol):
 
 
 class AlpacaOAuth:
-    def __init__(self, *, client: OutboundClient, authorize_url: str, token_url: str, client_id: str,
-                 client_secret: str, redirect_uri: str) -> None:
+    def __init__(
+        self,
+        *,
+        client: OutboundClient,
+        authorize_url: str,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        redirect_uri: str,
+    ) -> None:
         self.client = client
         self._authorize_url = authorize_url
         self._token_url = token_url
@@ -62,17 +70,30 @@ class AlpacaOAuth:
         self._redirect_uri = redirect_uri
 
     def authorize_url(self, state: str) -> str:
-        query = urlencode({"response_type": "code", "client_id": self._client_id,
-                           "redirect_uri": self._redirect_uri, "state": state, "scope": SCOPE})
+        query = urlencode(
+            {
+                "response_type": "code",
+                "client_id": self._client_id,
+                "redirect_uri": self._redirect_uri,
+                "state": state,
+                "scope": SCOPE,
+            }
+        )
         return f"{self._authorize_url}?{query}"
 
     async def exchange(self, code: str) -> OAuthToken:
         """Trade the code for an access token. Raises UpstreamError (timeout, 5xx, breaker open)
         or OAuthExchangeError (4xx or an unusable body)."""
-        response = await self.client.post(self._token_url, data={
-            "grant_type": "authorization_code", "code": code, "client_id": self._client_id,
-            "client_secret": self._client_secret, "redirect_uri": self._redirect_uri,
-        })
+        response = await self.client.post(
+            self._token_url,
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "client_id": self._client_id,
+                "client_secret": self._client_secret,
+                "redirect_uri": self._redirect_uri,
+            },
+        )
         if response.status_code != 200:
             raise OAuthExchangeError(f"token endpoint answered {response.status_code}")
         try:
@@ -118,10 +139,17 @@ def build_broker_oauth(settings: Settings, outbound: Outbound) -> BrokerOAuth | 
     settings are incomplete."""
     if settings.broker_oauth_provider == "local":
         return LocalOAuth(redirect_uri=settings.alpaca_oauth_redirect_uri or LOCAL_REDIRECT_URI)
-    secret = settings.alpaca_oauth_client_secret.get_secret_value() if settings.alpaca_oauth_client_secret else ""
+    secret = (
+        settings.alpaca_oauth_client_secret.get_secret_value() if settings.alpaca_oauth_client_secret else ""
+    )
     if not (settings.alpaca_oauth_client_id and secret and settings.alpaca_oauth_redirect_uri):
         return None
     client = outbound.create(PROVIDER, base_url=settings.alpaca_oauth_token_url)
-    return AlpacaOAuth(client=client, authorize_url=settings.alpaca_oauth_authorize_url,
-                       token_url=settings.alpaca_oauth_token_url, client_id=settings.alpaca_oauth_client_id,
-                       client_secret=secret, redirect_uri=settings.alpaca_oauth_redirect_uri)
+    return AlpacaOAuth(
+        client=client,
+        authorize_url=settings.alpaca_oauth_authorize_url,
+        token_url=settings.alpaca_oauth_token_url,
+        client_id=settings.alpaca_oauth_client_id,
+        client_secret=secret,
+        redirect_uri=settings.alpaca_oauth_redirect_uri,
+    )

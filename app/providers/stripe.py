@@ -61,8 +61,9 @@ def build_webhook_verifier(settings: Settings) -> WebhookVerifier:
     return StripeSignatureVerifier(settings.stripe_webhook_secrets)
 
 
-def _verify_event(payload: bytes, signature_header: str | None, secrets: list[str],
-                 tolerance: int = TOLERANCE_SECONDS) -> StripeEvent:
+def _verify_event(
+    payload: bytes, signature_header: str | None, secrets: list[str], tolerance: int = TOLERANCE_SECONDS
+) -> StripeEvent:
     if not signature_header:
         raise InvalidSignature("missing Stripe-Signature header")
     try:
@@ -76,11 +77,15 @@ def _verify_event(payload: bytes, signature_header: str | None, secrets: list[st
         except stripe.SignatureVerificationError:
             continue
     else:
-        raise InvalidSignature("no configured secret matches the signature, or the timestamp is outside the tolerance")
+        raise InvalidSignature(
+            "no configured secret matches the signature, or the timestamp is outside the tolerance"
+        )
     try:
         raw = json.loads(text)
         event = StripeEvent(
-            id=str(raw["id"]), type=str(raw["type"]), created=int(raw["created"]),
+            id=str(raw["id"]),
+            type=str(raw["type"]),
+            created=int(raw["created"]),
             data_object=dict(raw.get("data", {}).get("object") or {}),
         )
     except (ValueError, KeyError, TypeError, AttributeError):

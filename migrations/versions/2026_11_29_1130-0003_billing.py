@@ -34,14 +34,17 @@ def upgrade() -> None:
         sa.Column("status_event_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("current_period_end", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_billing_accounts_user_id_users"),
-                                ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_billing_accounts_user_id_users"), ondelete="SET NULL"
+        ),
         sa.PrimaryKeyConstraint("stripe_customer_id", name=op.f("pk_billing_accounts")),
         sa.UniqueConstraint("user_id", name=op.f("uq_billing_accounts_user_id")),
     )
     op.create_table(
         "payments",
-        sa.Column("id", postgresql.UUID(as_uuid=True), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column(
+            "id", postgresql.UUID(as_uuid=True), server_default=sa.text("gen_random_uuid()"), nullable=False
+        ),
         sa.Column("invoice_id", sa.String(length=255), nullable=False),
         sa.Column("stripe_customer_id", sa.String(length=255), nullable=False),
         sa.Column("amount_minor", sa.BigInteger(), nullable=False),

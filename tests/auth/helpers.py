@@ -19,17 +19,21 @@ def unique_email(prefix: str = "user") -> str:
     return f"{prefix}{next(_counter)}@example.com"
 
 
-async def signup(client: httpx.AsyncClient, email: str | None = None, password: str = PASSWORD,
-                 **extra: Any) -> httpx.Response:
-    return await client.post("/v1/auth/signup",
-                             json={"email": email or unique_email(), "password": password, **extra})
+async def signup(
+    client: httpx.AsyncClient, email: str | None = None, password: str = PASSWORD, **extra: Any
+) -> httpx.Response:
+    return await client.post(
+        "/v1/auth/signup", json={"email": email or unique_email(), "password": password, **extra}
+    )
 
 
 async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD, **kw: Any) -> httpx.Response:
     return await client.post("/v1/auth/login", json={"email": email, "password": password}, **kw)
 
 
-async def signup_and_token(client: httpx.AsyncClient, email: str | None = None, **extra: Any) -> tuple[dict, str]:
+async def signup_and_token(
+    client: httpx.AsyncClient, email: str | None = None, **extra: Any
+) -> tuple[dict, str]:
     email = email or unique_email()
     r = await signup(client, email, **extra)
     assert r.status_code == 201, r.text
@@ -44,8 +48,11 @@ def bearer(token: str) -> dict[str, str]:
 
 def peer(client: httpx.AsyncClient, ip: str) -> httpx.AsyncClient:
     """Another client on the same app, seen from another IP address."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=client.app, client=(ip, 40000)),  # type: ignore[attr-defined]
-                             base_url="http://testserver", timeout=30)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=client.app, client=(ip, 40000)),  # type: ignore[attr-defined]
+        base_url="http://testserver",
+        timeout=30,
+    )
 
 
 async def fetch(database_url: str, query: str, *args: Any) -> list[asyncpg.Record]:

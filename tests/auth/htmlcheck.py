@@ -8,20 +8,87 @@ import re
 
 import html5lib
 
-FORBIDDEN_ELEMENTS = frozenset({
-    "script", "iframe", "object", "embed", "style", "svg", "math", "form", "base", "meta", "link",
-    # beyond the list: anything else that loads, frames or submits
-    "frame", "frameset", "applet", "img", "image", "video", "audio", "source", "input", "button",
-    "textarea", "select", "template", "noscript", "portal", "isindex", "keygen", "xmp", "plaintext", "title",
-})
+FORBIDDEN_ELEMENTS = frozenset(
+    {
+        "script",
+        "iframe",
+        "object",
+        "embed",
+        "style",
+        "svg",
+        "math",
+        "form",
+        "base",
+        "meta",
+        "link",
+        # beyond the list: anything else that loads, frames or submits
+        "frame",
+        "frameset",
+        "applet",
+        "img",
+        "image",
+        "video",
+        "audio",
+        "source",
+        "input",
+        "button",
+        "textarea",
+        "select",
+        "template",
+        "noscript",
+        "portal",
+        "isindex",
+        "keygen",
+        "xmp",
+        "plaintext",
+        "title",
+    }
+)
 ALLOWED_SCHEMES = frozenset({"http", "https", "mailto"})
-URL_ATTRIBUTES = frozenset({
-    "href", "src", "action", "formaction", "data", "xlink:href", "background", "poster", "codebase",
-    "cite", "dynsrc", "lowsrc", "longdesc", "usemap", "classid", "archive", "profile", "manifest", "icon",
-    "ping", "srcset", "srcdoc", "to", "values", "from", "by", "content",
-})
-RICH_TEXT_ALLOWED = {"p": set(), "br": set(), "b": set(), "i": set(), "em": set(), "strong": set(),
-                     "code": set(), "ul": set(), "ol": set(), "li": set(), "a": {"href", "rel"}}
+URL_ATTRIBUTES = frozenset(
+    {
+        "href",
+        "src",
+        "action",
+        "formaction",
+        "data",
+        "xlink:href",
+        "background",
+        "poster",
+        "codebase",
+        "cite",
+        "dynsrc",
+        "lowsrc",
+        "longdesc",
+        "usemap",
+        "classid",
+        "archive",
+        "profile",
+        "manifest",
+        "icon",
+        "ping",
+        "srcset",
+        "srcdoc",
+        "to",
+        "values",
+        "from",
+        "by",
+        "content",
+    }
+)
+RICH_TEXT_ALLOWED = {
+    "p": set(),
+    "br": set(),
+    "b": set(),
+    "i": set(),
+    "em": set(),
+    "strong": set(),
+    "code": set(),
+    "ul": set(),
+    "ol": set(),
+    "li": set(),
+    "a": {"href", "rel"},
+}
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _C0_OR_SPACE = "".join(chr(c) for c in range(0x21))
@@ -58,7 +125,9 @@ def problems(value: str, *, plain: bool) -> list[str]:
     found: list[str] = []
     nodes = elements(value)
     if plain and nodes:
-        found.append(f"plain text parses to nodes: {[_local(n.tag) if isinstance(n.tag, str) else 'comment' for n in nodes]}")
+        found.append(
+            f"plain text parses to nodes: {[_local(n.tag) if isinstance(n.tag, str) else 'comment' for n in nodes]}"
+        )
     for node in nodes:
         if not isinstance(node.tag, str):  # comments, processing instructions
             found.append("comment or processing instruction survived")

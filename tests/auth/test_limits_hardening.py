@@ -22,14 +22,17 @@ from tests.support.settings import TEST_JWT_SECRET
 WRONG = "not the right password"
 
 
-@pytest.mark.parametrize(("address", "key"), [
-    ("192.0.2.7", "192.0.2.7"),
-    ("::ffff:192.0.2.7", "192.0.2.7"),
-    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
-    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
-    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
-    ("testclient", "testclient"),
-])
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("testclient", "testclient"),
+    ],
+)
 def test_network_key(address: str, key: str) -> None:
     assert network_key(address) == key
 
@@ -37,7 +40,9 @@ def test_network_key(address: str, key: str) -> None:
 async def test_addresses_of_one_ipv6_64_share_one_login_budget(make_client) -> None:
     client = await make_client(rate_limit_login=LIMIT)
     statuses = []
-    for i in range(6):  # six hosts' worth of addresses, one /64: a fresh email each, so only the IP limit counts
+    for i in range(
+        6
+    ):  # six hosts' worth of addresses, one /64: a fresh email each, so only the IP limit counts
         async with peer(client, f"2001:db8:77:1::{i + 1:x}") as attacker:
             statuses.append((await login(attacker, unique_email("v6"), WRONG)).status_code)
     assert statuses == [401] * 5 + [429]
@@ -81,8 +86,10 @@ async def test_the_signup_limit_is_checked_before_any_hashing(make_client) -> No
         return counting
 
     try:
-        client = await make_client(rate_limit_signup="1/50 years",
-                                   app_hook=lambda app: app.dependency_overrides.update({get_password_hashing: hashing}))
+        client = await make_client(
+            rate_limit_signup="1/50 years",
+            app_hook=lambda app: app.dependency_overrides.update({get_password_hashing: hashing}),
+        )
         assert (await signup(client)).status_code == 201
         assert (await signup(client)).status_code == 429
         assert calls == ["hash"]  # the refused signup never reached Argon2
@@ -99,8 +106,11 @@ async def test_a_signup_flood_cannot_make_logins_answer_503(make_client) -> None
         return small
 
     try:
-        client = await make_client(rate_limit_signup="1000/minute", rate_limit_login="1000/minute",
-                                   app_hook=lambda app: app.dependency_overrides.update({get_password_hashing: hashing}))
+        client = await make_client(
+            rate_limit_signup="1000/minute",
+            rate_limit_login="1000/minute",
+            app_hook=lambda app: app.dependency_overrides.update({get_password_hashing: hashing}),
+        )
         email = unique_email("victim")
         assert (await signup(client, email)).status_code == 201
         signups = [asyncio.create_task(signup(client)) for _ in range(40)]
@@ -117,8 +127,9 @@ async def test_a_signup_flood_cannot_make_logins_answer_503(make_client) -> None
 
 
 @pytest.mark.redis
-async def test_the_email_in_redis_keys_and_logs_is_an_hmac_not_a_bare_hash(make_client, require_redis,
-                                                                           capfd: pytest.CaptureFixture[str]) -> None:
+async def test_the_email_in_redis_keys_and_logs_is_an_hmac_not_a_bare_hash(
+    make_client, require_redis, capfd: pytest.CaptureFixture[str]
+) -> None:
     client = await make_client(rate_limit_login=LIMIT, use_redis=True, log_level="INFO")
     email = unique_email("private")
     capfd.readouterr()

@@ -42,8 +42,13 @@ async def test_login_returns_a_bearer_token_with_the_contract_claims(client: htt
     assert body["token_type"] == "bearer" and body["expires_in"] == 900
     assert r.headers["cache-control"] == "no-store"
     assert jwt.get_unverified_header(body["access_token"])["alg"] == "HS256"
-    claims = jwt.decode(body["access_token"], TEST_JWT_SECRET, algorithms=["HS256"], audience="tradedesk-api",
-                        issuer="tradedesk")
+    claims = jwt.decode(
+        body["access_token"],
+        TEST_JWT_SECRET,
+        algorithms=["HS256"],
+        audience="tradedesk-api",
+        issuer="tradedesk",
+    )
     assert claims["sub"] == user["id"]
     assert claims["iss"] == "tradedesk" and claims["aud"] == "tradedesk-api"
     assert before - 1 <= claims["iat"] <= int(time.time()) + 1
@@ -108,7 +113,9 @@ def _hash_count(metrics: str) -> float:
     return sample(metrics, "password_hash_duration_seconds_count", operation="hash")
 
 
-async def test_unknown_email_costs_the_same_argon2_work_as_a_wrong_password(client: httpx.AsyncClient) -> None:
+async def test_unknown_email_costs_the_same_argon2_work_as_a_wrong_password(
+    client: httpx.AsyncClient,
+) -> None:
     email = unique_email()
     await signup(client, email)
     # The dummy hash an unknown email is checked against has exactly the real parameters.
@@ -152,7 +159,9 @@ async def test_login_rehashes_when_parameters_changed(client: httpx.AsyncClient,
         ("\uff30assword-wide-123", "Password-wide-123"),  # full-width P (NFKC folds it)
     ],
 )
-async def test_password_is_unicode_normalised(client: httpx.AsyncClient, at_signup: str, at_login: str) -> None:
+async def test_password_is_unicode_normalised(
+    client: httpx.AsyncClient, at_signup: str, at_login: str
+) -> None:
     email = unique_email()
     assert (await signup(client, email, password=at_signup)).status_code == 201
     assert (await login(client, email, at_login)).status_code == 200

@@ -18,9 +18,13 @@ async def test_password_hashing_is_swapped_through_dependency_overrides(make_cli
         return cheap
 
     try:
-        client = await make_client(app_hook=lambda app: app.dependency_overrides.update({get_password_hashing: hashing}))
+        client = await make_client(
+            app_hook=lambda app: app.dependency_overrides.update({get_password_hashing: hashing})
+        )
         email, password = f"o-{uuid.uuid4().hex[:8]}@example.com", "correct horse battery staple"
-        assert (await client.post("/v1/auth/signup", json={"email": email, "password": password})).status_code == 201
+        assert (
+            await client.post("/v1/auth/signup", json={"email": email, "password": password})
+        ).status_code == 201
         login = await client.post("/v1/auth/login", json={"email": email, "password": password})
         assert login.status_code == 200, login.text
         conn = await asyncpg.connect(dbsupport.asyncpg_dsn(database_url))

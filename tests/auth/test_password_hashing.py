@@ -36,7 +36,10 @@ async def test_hash_uses_the_documented_argon2id_parameters(hashing: PasswordHas
     params = extract_parameters(encoded)
     assert encoded.startswith("$argon2id$v=19$")
     assert (params.time_cost, params.memory_cost, params.parallelism) == (
-        ARGON2_TIME_COST, ARGON2_MEMORY_COST_KIB, ARGON2_PARALLELISM)
+        ARGON2_TIME_COST,
+        ARGON2_MEMORY_COST_KIB,
+        ARGON2_PARALLELISM,
+    )
     assert (params.hash_len, params.salt_len) == (ARGON2_HASH_LEN, ARGON2_SALT_LEN)
     assert extract_parameters(hashing._dummy_hash) == params
     # Random salt: the same password never hashes the same twice.
@@ -97,6 +100,7 @@ async def test_hash_threads_run_below_the_event_loop_priority(hashing: PasswordH
     before = os.getpriority(os.PRIO_PROCESS, loop_thread)
     await hashing.hash("warm the pool up")
     in_pool = await asyncio.get_running_loop().run_in_executor(
-        hashing._executor, lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        hashing._executor, lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    )
     assert in_pool == min(19, before + HASH_THREAD_NICENESS)
     assert os.getpriority(os.PRIO_PROCESS, loop_thread) == before  # the loop thread is untouched

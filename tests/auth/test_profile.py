@@ -12,8 +12,13 @@ async def test_me_returns_the_contract_fields(client: httpx.AsyncClient) -> None
     user, token = await signup_and_token(client, display_name="Grace")
     r = await client.get("/v1/auth/me", headers=bearer(token))
     assert r.status_code == 200
-    assert r.json() == {"id": user["id"], "email": user["email"], "display_name": "Grace", "bio": None,
-                        "subscription_status": "none"}
+    assert r.json() == {
+        "id": user["id"],
+        "email": user["email"],
+        "display_name": "Grace",
+        "bio": None,
+        "subscription_status": "none",
+    }
 
 
 async def test_patch_updates_only_the_fields_sent(client: httpx.AsyncClient, database_url: str) -> None:
@@ -45,7 +50,9 @@ async def test_null_empty_or_markup_only_clears_a_field(
 ) -> None:
     user, token = await signup_and_token(client, display_name="Grace")
     await client.patch("/v1/auth/me", headers=bearer(token), json={"bio": "<p>x</p>"})
-    r = await client.patch("/v1/auth/me", headers=bearer(token), json={"display_name": cleared, "bio": cleared})
+    r = await client.patch(
+        "/v1/auth/me", headers=bearer(token), json={"display_name": cleared, "bio": cleared}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["display_name"] is None and r.json()["bio"] is None
     row = await user_row(database_url, user["id"])
@@ -84,18 +91,23 @@ async def test_invalid_patch_is_422_naming_the_field_and_changes_nothing(
 
 async def test_non_json_patch_is_422(client: httpx.AsyncClient) -> None:
     _, token = await signup_and_token(client)
-    r = await client.patch("/v1/auth/me", headers={**bearer(token), "content-type": "application/json"},
-                           content=b"{not json")
+    r = await client.patch(
+        "/v1/auth/me", headers={**bearer(token), "content-type": "application/json"}, content=b"{not json"
+    )
     assert_problem(r, 422)
 
 
 async def test_display_name_is_plain_text_and_bio_rich_text(client: httpx.AsyncClient) -> None:
     _, token = await signup_and_token(client)
-    r = await client.patch("/v1/auth/me", headers=bearer(token), json={
-        "display_name": "  Tom &amp; <i>Jerry</i>\n\t &lt;3  ",
-        "bio": '<p onclick="x()">Trader. <a href="https://ok.example/a?b=1&c=2" target="_blank">site</a>'
-               '<img src=x onerror=alert(1)><script>alert(2)</script> <a href="javascript:alert(3)">bad</a></p>',
-    })
+    r = await client.patch(
+        "/v1/auth/me",
+        headers=bearer(token),
+        json={
+            "display_name": "  Tom &amp; <i>Jerry</i>\n\t &lt;3  ",
+            "bio": '<p onclick="x()">Trader. <a href="https://ok.example/a?b=1&c=2" target="_blank">site</a>'
+            '<img src=x onerror=alert(1)><script>alert(2)</script> <a href="javascript:alert(3)">bad</a></p>',
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["display_name"] == "Tom & Jerry <3"
@@ -108,8 +120,9 @@ async def test_display_name_is_plain_text_and_bio_rich_text(client: httpx.AsyncC
 async def test_unicode_text_survives(client: httpx.AsyncClient) -> None:
     _, token = await signup_and_token(client)
     name = "Zoë 李小龍 👨‍👩‍👧 עברית"
-    r = await client.patch("/v1/auth/me", headers=bearer(token), json={"display_name": name,
-                                                                        "bio": "<p>Café — 東京</p>"})
+    r = await client.patch(
+        "/v1/auth/me", headers=bearer(token), json={"display_name": name, "bio": "<p>Café — 東京</p>"}
+    )
     assert r.status_code == 200
     assert r.json()["display_name"] == name and r.json()["bio"] == "<p>Café — 東京</p>"
 

@@ -27,7 +27,7 @@ from tests.auth.htmlcheck import elements, problems
         ("&amp;lt;b&amp;gt;Bob", "Bob"),
         ("<!-- hidden -->Bob", "Bob"),
         ("Cafe\u0301", "Caf\u00e9"),  # NFC
-        ("O'Brien \"Bob\"", "O'Brien \"Bob\""),
+        ('O\'Brien "Bob"', 'O\'Brien "Bob"'),
         ("", ""),
         ("<p></p>", ""),
     ],
@@ -41,16 +41,29 @@ def test_plain_text(raw: str, expected: str) -> None:
     [
         ("<p>Hi <b>there</b></p>", "<p>Hi <b>there</b></p>"),
         ("<p>a<br>b</p>", "<p>a<br>b</p>"),
-        ("<ul><li>1</li><li><code>x=1</code></li></ul><ol><li><em>e</em><strong>s</strong><i>i</i></li></ol>",
-         "<ul><li>1</li><li><code>x=1</code></li></ul><ol><li><em>e</em><strong>s</strong><i>i</i></li></ol>"),
-        ('<a href="https://x.example/">x</a>', '<a href="https://x.example/" rel="noopener noreferrer nofollow">x</a>'),
-        ('<a href="http://x.example/">x</a>', '<a href="http://x.example/" rel="noopener noreferrer nofollow">x</a>'),
-        ('<a href="mailto:a@x.example">m</a>', '<a href="mailto:a@x.example" rel="noopener noreferrer nofollow">m</a>'),
+        (
+            "<ul><li>1</li><li><code>x=1</code></li></ul><ol><li><em>e</em><strong>s</strong><i>i</i></li></ol>",
+            "<ul><li>1</li><li><code>x=1</code></li></ul><ol><li><em>e</em><strong>s</strong><i>i</i></li></ol>",
+        ),
+        (
+            '<a href="https://x.example/">x</a>',
+            '<a href="https://x.example/" rel="noopener noreferrer nofollow">x</a>',
+        ),
+        (
+            '<a href="http://x.example/">x</a>',
+            '<a href="http://x.example/" rel="noopener noreferrer nofollow">x</a>',
+        ),
+        (
+            '<a href="mailto:a@x.example">m</a>',
+            '<a href="mailto:a@x.example" rel="noopener noreferrer nofollow">m</a>',
+        ),
         ('<a href="javascript:alert(1)">x</a>', '<a rel="noopener noreferrer nofollow">x</a>'),
         ('<a href="/relative">x</a>', '<a rel="noopener noreferrer nofollow">x</a>'),
         ('<a href="//evil.example/">x</a>', '<a rel="noopener noreferrer nofollow">x</a>'),
-        ('<a href="https://x.example/" rel="opener" target="_blank" title="t" id="i">x</a>',
-         '<a href="https://x.example/" rel="noopener noreferrer nofollow">x</a>'),
+        (
+            '<a href="https://x.example/" rel="opener" target="_blank" title="t" id="i">x</a>',
+            '<a href="https://x.example/" rel="noopener noreferrer nofollow">x</a>',
+        ),
         ('<p class="c" style="color:red" onclick="x()" lang="en">p</p>', "<p>p</p>"),
         ("<script>alert(1)</script><p>ok</p>", "<p>ok</p>"),
         ("<style>p{}</style><p>ok</p>", "<p>ok</p>"),
@@ -69,8 +82,23 @@ def test_rich_text(raw: str, expected: str) -> None:
 @pytest.mark.parametrize("func", [plain_text, rich_text])
 @pytest.mark.parametrize(
     "raw",
-    ["a\x00b", "a\x07b", "a\x1bb", "a\x7fb", "a\x85b", "\u202eabc", "\u2066abc", "a\ufffeb", "a\U0010ffffb",
-     "a\ud800b", "a&#x7;b", "a&#x1b;b", "a&#x202e;b", "a&#x81;b", "a&#xfffe;b"],
+    [
+        "a\x00b",
+        "a\x07b",
+        "a\x1bb",
+        "a\x7fb",
+        "a\x85b",
+        "\u202eabc",
+        "\u2066abc",
+        "a\ufffeb",
+        "a\U0010ffffb",
+        "a\ud800b",
+        "a&#x7;b",
+        "a&#x1b;b",
+        "a&#x202e;b",
+        "a&#x81;b",
+        "a&#xfffe;b",
+    ],
 )
 def test_control_and_spoofing_characters_are_refused(func, raw: str) -> None:
     with pytest.raises(ValueError):
@@ -95,13 +123,77 @@ def test_length_is_checked_after_cleaning() -> None:
 
 
 # ---- properties -------------------------------------------------------------------------------------
-_FRAGMENTS = st.sampled_from([
-    "<", ">", "&", ";", "/", "!", "?", "-", "--", "=", '"', "'", "`", " ", "\n", "\t", "#", "x", "a", "1",
-    "script", "img", "svg", "math", "style", "a", "p", "b", "br", "iframe", "href", "src", "onerror", "on",
-    "javascript:", "data:", "vbscript:", "java\tscript:", "&lt;", "&gt;", "&amp;", "&#60;", "&#x3c;", "&quot;",
-    "&colon;", "&Tab;", "&#0;", "<!--", "-->", "<![CDATA[", "]]>", "<?", "</", "<a href=", "<img src=x onerror=",
-    "<svg onload=", "<p>", "</p>", "<b>", "</b>", "<a>", "</a>", "é", "\u00a0", "\u200b", "😀", "\ufeff",
-])
+_FRAGMENTS = st.sampled_from(
+    [
+        "<",
+        ">",
+        "&",
+        ";",
+        "/",
+        "!",
+        "?",
+        "-",
+        "--",
+        "=",
+        '"',
+        "'",
+        "`",
+        " ",
+        "\n",
+        "\t",
+        "#",
+        "x",
+        "a",
+        "1",
+        "script",
+        "img",
+        "svg",
+        "math",
+        "style",
+        "a",
+        "p",
+        "b",
+        "br",
+        "iframe",
+        "href",
+        "src",
+        "onerror",
+        "on",
+        "javascript:",
+        "data:",
+        "vbscript:",
+        "java\tscript:",
+        "&lt;",
+        "&gt;",
+        "&amp;",
+        "&#60;",
+        "&#x3c;",
+        "&quot;",
+        "&colon;",
+        "&Tab;",
+        "&#0;",
+        "<!--",
+        "-->",
+        "<![CDATA[",
+        "]]>",
+        "<?",
+        "</",
+        "<a href=",
+        "<img src=x onerror=",
+        "<svg onload=",
+        "<p>",
+        "</p>",
+        "<b>",
+        "</b>",
+        "<a>",
+        "</a>",
+        "é",
+        "\u00a0",
+        "\u200b",
+        "😀",
+        "\ufeff",
+    ]
+)
 _MARKUPISH = st.lists(_FRAGMENTS, max_size=40).map("".join)
 
 
@@ -128,7 +220,9 @@ def test_rich_text_is_safe_and_idempotent(raw: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="<&"), max_size=80))
+@given(
+    st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="<&"), max_size=80)
+)
 def test_plain_text_keeps_ordinary_text(raw: str) -> None:
     try:
         out = plain_text(raw, max_length=1000)

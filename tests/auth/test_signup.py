@@ -24,7 +24,8 @@ async def test_signup_returns_201_with_contract_fields_and_stores_argon2id(
     assert row["email_normalized"] == "ada.lovelace@example.com"
     assert row["display_name"] == "Ada Lovelace"
     assert row["password_hash"].startswith(
-        f"$argon2id$v=19$m={ARGON2_MEMORY_COST_KIB},t={ARGON2_TIME_COST},p={ARGON2_PARALLELISM}$")
+        f"$argon2id$v=19$m={ARGON2_MEMORY_COST_KIB},t={ARGON2_TIME_COST},p={ARGON2_PARALLELISM}$"
+    )
     assert PASSWORD not in row["password_hash"]
 
 
@@ -35,7 +36,9 @@ async def test_display_name_is_optional_and_markup_only_name_is_null(client: htt
     assert r.status_code == 201 and r.json()["display_name"] is None
 
 
-@pytest.mark.parametrize("second", ["ada@example.com", "ADA@EXAMPLE.COM", "  Ada@Example.com ", "ａｄａ@example.com"])
+@pytest.mark.parametrize(
+    "second", ["ada@example.com", "ADA@EXAMPLE.COM", "  Ada@Example.com ", "ａｄａ@example.com"]
+)
 async def test_existing_email_is_409_case_insensitively(client: httpx.AsyncClient, second: str) -> None:
     assert (await signup(client, "Ada@example.com")).status_code == 201
     body = assert_problem(await signup(client, second), 409)
@@ -45,15 +48,25 @@ async def test_existing_email_is_409_case_insensitively(client: httpx.AsyncClien
 async def test_concurrent_duplicate_signups_create_exactly_one_account(
     client: httpx.AsyncClient, database_url: str
 ) -> None:
-    variants = ["race@example.com", "Race@example.com", "RACE@example.com", "race@EXAMPLE.com",
-                "rAce@example.com", "racE@example.com", "RaCe@example.com", "race@Example.Com"]
+    variants = [
+        "race@example.com",
+        "Race@example.com",
+        "RACE@example.com",
+        "race@EXAMPLE.com",
+        "rAce@example.com",
+        "racE@example.com",
+        "RaCe@example.com",
+        "race@Example.Com",
+    ]
     responses = await asyncio.gather(*(signup(client, e) for e in variants))
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201] + [409] * (len(variants) - 1), [r.text for r in responses]
     for r in responses:
         if r.status_code == 409:
             assert_problem(r, 409)
-    rows = await fetch(database_url, "SELECT count(*) AS n FROM users WHERE email_normalized = 'race@example.com'")
+    rows = await fetch(
+        database_url, "SELECT count(*) AS n FROM users WHERE email_normalized = 'race@example.com'"
+    )
     assert rows[0]["n"] == 1
 
 

@@ -24,8 +24,14 @@ def _b64(data: bytes) -> str:
 
 def _claims(user_id: str, **changes: object) -> dict:
     now = int(time.time())
-    claims = {"sub": user_id, "iat": now, "exp": now + 600, "jti": uuid.uuid4().hex, "iss": "tradedesk",
-              "aud": "tradedesk-api"}
+    claims = {
+        "sub": user_id,
+        "iat": now,
+        "exp": now + 600,
+        "jti": uuid.uuid4().hex,
+        "iss": "tradedesk",
+        "aud": "tradedesk-api",
+    }
     claims.update(changes)
     return {k: v for k, v in claims.items() if v is not None}
 
@@ -60,11 +66,15 @@ TAMPERED: dict[str, Callable[[str, str], str]] = {
     "HS512 with the right secret": lambda sub, _: _sign(_claims(sub), alg="HS512"),
     "HS384 with the right secret": lambda sub, _: _sign(_claims(sub), alg="HS384"),
     "RS256 with an attacker key": lambda sub, _: _sign(_claims(sub), _RSA_KEY, "RS256"),
-    "HS256 with the wrong secret": lambda sub, _: _sign(_claims(sub), "another-secret-0123456789-abcdefghijkl"),
+    "HS256 with the wrong secret": lambda sub, _: _sign(
+        _claims(sub), "another-secret-0123456789-abcdefghijkl"
+    ),
     "signature bit flipped": lambda sub, t: _flip_signature(t),
     "signature removed": lambda sub, t: t.rsplit(".", 1)[0] + ".",
     "payload swapped (other user)": lambda sub, t: _swap_payload(t, _claims(str(uuid.uuid4()))),
-    "payload swapped (longer expiry)": lambda sub, t: _swap_payload(t, _claims(sub, exp=int(time.time()) + 10**7)),
+    "payload swapped (longer expiry)": lambda sub, t: _swap_payload(
+        t, _claims(sub, exp=int(time.time()) + 10**7)
+    ),
     "expired": lambda sub, _: _sign(_claims(sub, iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)),
     "expired just now (beyond leeway)": lambda sub, _: _sign(_claims(sub, exp=int(time.time()) - 30)),
     "issued in the future": lambda sub, _: _sign(_claims(sub, iat=int(time.time()) + 3600)),
@@ -92,8 +102,12 @@ async def test_tampered_token_is_401(client: httpx.AsyncClient, case: str) -> No
     user, token = await signup_and_token(client)
     forged = TAMPERED[case](user["id"], token)
     for method in ("GET", "PATCH"):
-        r = await client.request(method, "/v1/auth/me", headers={"Authorization": b"Bearer " + forged.encode()},
-                                 json={"display_name": "pwned"} if method == "PATCH" else None)
+        r = await client.request(
+            method,
+            "/v1/auth/me",
+            headers={"Authorization": b"Bearer " + forged.encode()},
+            json={"display_name": "pwned"} if method == "PATCH" else None,
+        )
         body = assert_problem(r, 401)
         assert r.headers["www-authenticate"].startswith("Bearer")
         assert body["type"] == "/problems/invalid-token"
@@ -118,8 +132,14 @@ async def test_well_formed_token_for_an_unknown_user_is_401(client: httpx.AsyncC
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": ""}, {"Authorization": "Bearer"}, {"Authorization": "Bearer "},
-     {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Token abc"}],
+    [
+        {},
+        {"Authorization": ""},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Token abc"},
+    ],
 )
 async def test_missing_or_non_bearer_credentials_are_401(client: httpx.AsyncClient, headers: dict) -> None:
     r = await client.get("/v1/auth/me", headers=headers)

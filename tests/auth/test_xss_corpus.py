@@ -15,10 +15,24 @@ import pytest
 from tests.auth.helpers import bearer, fetch, signup, signup_and_token, unique_email, user_row
 from tests.auth.htmlcheck import problems
 
-CORPUS = json.loads((Path(__file__).parent / "data" / "xss_vectors.json").read_text(encoding="utf-8"))["vectors"]
+CORPUS = json.loads((Path(__file__).parent / "data" / "xss_vectors.json").read_text(encoding="utf-8"))[
+    "vectors"
+]
 REQUIRED_CATEGORIES = {
-    "script-tag", "event-handler", "javascript-url", "data-url", "vbscript-and-other-schemes", "svg", "mathml",
-    "base", "meta", "form", "css", "unclosed-nested-malformed", "mutation-xss", "null-and-unicode",
+    "script-tag",
+    "event-handler",
+    "javascript-url",
+    "data-url",
+    "vbscript-and-other-schemes",
+    "svg",
+    "mathml",
+    "base",
+    "meta",
+    "form",
+    "css",
+    "unclosed-nested-malformed",
+    "mutation-xss",
+    "null-and-unicode",
     "entity-encoded-markup",
 }
 
@@ -38,7 +52,9 @@ def _check(label: str, value: str | None, *, plain: bool) -> list[str]:
 @pytest.fixture
 async def xss_client(make_client) -> httpx.AsyncClient:
     # Hundreds of requests from one test client: lift only the generic per-IP limit for this test.
-    return await make_client(rate_limit_default="100000/minute", rate_limit_signup="100000/minute")  # 264 signups
+    return await make_client(
+        rate_limit_default="100000/minute", rate_limit_signup="100000/minute"
+    )  # 264 signups
 
 
 async def test_corpus_through_signup_display_name(xss_client: httpx.AsyncClient, database_url: str) -> None:
@@ -70,12 +86,14 @@ async def test_corpus_through_signup_display_name(xss_client: httpx.AsyncClient,
 
     vectors = [v["vector"] for v in CORPUS]
     for start in range(0, len(vectors), 16):  # a few at a time: each signup is one Argon2 hash
-        await asyncio.gather(*(one(v) for v in vectors[start:start + 16]))
+        await asyncio.gather(*(one(v) for v in vectors[start : start + 16]))
     assert not failures, "\n".join(failures)
     assert accepted >= len(vectors) * 0.8, "most vectors should be cleaned, not refused"
 
 
-async def test_corpus_through_patch_display_name_and_bio(xss_client: httpx.AsyncClient, database_url: str) -> None:
+async def test_corpus_through_patch_display_name_and_bio(
+    xss_client: httpx.AsyncClient, database_url: str
+) -> None:
     user, token = await signup_and_token(xss_client)
     auth = bearer(token)
     failures: list[str] = []
@@ -100,8 +118,10 @@ async def test_corpus_through_patch_display_name_and_bio(xss_client: httpx.Async
         me = (await xss_client.get("/v1/auth/me", headers=auth)).json()
         for field, plain in (("display_name", True), ("bio", False)):
             if not (after[field] == body[field] == me[field]):
-                failures.append(f"{vector!r}: {field} stored {after[field]!r}, PATCH returned {body[field]!r}, "
-                                f"GET returned {me[field]!r}")
+                failures.append(
+                    f"{vector!r}: {field} stored {after[field]!r}, PATCH returned {body[field]!r}, "
+                    f"GET returned {me[field]!r}"
+                )
             failures.extend(_check(f"{vector!r} {field} returned", body[field], plain=plain))
             failures.extend(_check(f"{vector!r} {field} stored", after[field], plain=plain))
     assert not failures, "\n".join(failures)

@@ -15,8 +15,11 @@ CALLBACK = "/v1/oauth/alpaca/callback"
 
 def browser(client: httpx.AsyncClient) -> httpx.AsyncClient:
     """Another browser on the same app: its own cookie jar."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=client.app, client=("192.0.2.50", 40000)),  # type: ignore[attr-defined]
-                             base_url="https://testserver", timeout=30)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=client.app, client=("192.0.2.50", 40000)),  # type: ignore[attr-defined]
+        base_url="https://testserver",
+        timeout=30,
+    )
 
 
 async def _start(client: httpx.AsyncClient, auth: dict[str, str]) -> tuple[str, httpx.Response]:
@@ -46,7 +49,9 @@ async def test_authorize_sets_the_binding_cookie_with_the_contract_attributes(ma
     assert not SimpleCookie(r.headers["set-cookie"])["td_oauth_binding"]["secure"]
 
 
-async def test_the_attack_a_victim_completing_the_attackers_state_is_refused_without_exchange(make_client) -> None:
+async def test_the_attack_a_victim_completing_the_attackers_state_is_refused_without_exchange(
+    make_client,
+) -> None:
     fake = FakeTokenEndpoint()
     attacker = await _app(make_client, fake)
     _, attacker_auth = await _user(attacker)
@@ -113,15 +118,23 @@ async def test_complete_links_for_the_owner_and_refuses_anyone_else(make_client)
     _, other = await _user(client)
     state, _ = await _start(client, owner)
     async with browser(client) as front_end:  # another site's page: no cookie, only tokens
-        refused = await front_end.post("/v1/oauth/alpaca/complete", json={"code": "c", "state": state}, headers=other)
+        refused = await front_end.post(
+            "/v1/oauth/alpaca/complete", json={"code": "c", "state": state}, headers=other
+        )
         assert refused.status_code == 400
         assert {e["field"] for e in refused.json()["errors"]} == {"state"}
         assert fake.requests == []
-        unauthenticated = await front_end.post("/v1/oauth/alpaca/complete", json={"code": "c", "state": state})
+        unauthenticated = await front_end.post(
+            "/v1/oauth/alpaca/complete", json={"code": "c", "state": state}
+        )
         assert unauthenticated.status_code == 401
-        done = await front_end.post("/v1/oauth/alpaca/complete", json={"code": "c", "state": state}, headers=owner)
+        done = await front_end.post(
+            "/v1/oauth/alpaca/complete", json={"code": "c", "state": state}, headers=owner
+        )
         assert done.status_code == 204, done.text
-        again = await front_end.post("/v1/oauth/alpaca/complete", json={"code": "c", "state": state}, headers=owner)
+        again = await front_end.post(
+            "/v1/oauth/alpaca/complete", json={"code": "c", "state": state}, headers=owner
+        )
         assert again.status_code == 400  # single-use
     assert len(fake.requests) == 1
     assert await _connected(client, owner) and not await _connected(client, other)
@@ -134,16 +147,23 @@ async def test_complete_reports_a_provider_failure_and_stores_nothing(make_clien
     r = await client.post("/v1/oauth/alpaca/complete", json={"code": "bad", "state": state}, headers=owner)
     assert r.status_code == 502 and r.headers["content-type"].startswith("application/problem+json")
     assert not await _connected(client, owner)
-    bad = await client.post("/v1/oauth/alpaca/complete", json={"code": "c", "state": state, "x": 1}, headers=owner)
+    bad = await client.post(
+        "/v1/oauth/alpaca/complete", json={"code": "c", "state": state, "x": 1}, headers=owner
+    )
     assert bad.status_code == 422
 
 
 async def test_cors_lets_the_front_end_send_and_receive_the_cookie(make_client) -> None:
     client = await _app(make_client, FakeTokenEndpoint())
     _, auth = await _user(client)
-    preflight = await client.options("/v1/oauth/alpaca/authorize", headers={
-        "Origin": FRONTEND, "Access-Control-Request-Method": "GET",
-        "Access-Control-Request-Headers": "authorization"})
+    preflight = await client.options(
+        "/v1/oauth/alpaca/authorize",
+        headers={
+            "Origin": FRONTEND,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == FRONTEND
     assert preflight.headers["access-control-allow-credentials"] == "true"

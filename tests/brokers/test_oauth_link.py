@@ -47,8 +47,9 @@ class FakeTokenEndpoint:
         if self.mode == "400":
             return httpx.Response(400, json={"error": "invalid_grant"})
         await asyncio.sleep(0.05)  # let parallel callbacks overlap
-        return httpx.Response(200, json={"access_token": ACCESS_TOKEN, "token_type": "bearer",
-                                         "scope": "account:write trading"})
+        return httpx.Response(
+            200, json={"access_token": ACCESS_TOKEN, "token_type": "bearer", "scope": "account:write trading"}
+        )
 
 
 async def _app(make_client, fake: FakeTokenEndpoint, **overrides):
@@ -62,7 +63,9 @@ async def _user(client: httpx.AsyncClient) -> tuple[str, dict[str, str]]:
     email, password = f"u-{uuid.uuid4().hex[:8]}@example.com", "correct horse battery staple"
     r = await client.post("/v1/auth/signup", json={"email": email, "password": password})
     assert r.status_code == 201, r.text
-    token = (await client.post("/v1/auth/login", json={"email": email, "password": password})).json()["access_token"]
+    token = (await client.post("/v1/auth/login", json={"email": email, "password": password})).json()[
+        "access_token"
+    ]
     return r.json()["id"], {"Authorization": f"Bearer {token}"}
 
 
@@ -100,8 +103,13 @@ async def test_full_round_trip_stores_the_token_encrypted(make_client, database_
     assert cb.headers["location"] == f"{FRONTEND}/settings/broker?status=connected"
     sent = parse_qs(fake.requests[0].content.decode())
     assert fake.requests[0].method == "POST" and str(fake.requests[0].url) == TOKEN_URL
-    assert sent == {"grant_type": ["authorization_code"], "code": ["the-code"], "client_id": ["client-123"],
-                    "client_secret": ["client-secret-xyz"], "redirect_uri": [OAUTH["alpaca_oauth_redirect_uri"]]}
+    assert sent == {
+        "grant_type": ["authorization_code"],
+        "code": ["the-code"],
+        "client_id": ["client-123"],
+        "client_secret": ["client-secret-xyz"],
+        "redirect_uri": [OAUTH["alpaca_oauth_redirect_uri"]],
+    }
 
     conn = (await client.get("/v1/broker/connection", headers=auth)).json()
     assert conn["provider"] == "alpaca" and conn["connected"] is True and conn["connected_at"]
@@ -114,14 +122,18 @@ async def test_full_round_trip_stores_the_token_encrypted(make_client, database_
     assert (await client.delete("/v1/broker/connection", headers=auth)).status_code == 204
 
 
-async def test_reused_unknown_expired_and_foreign_state_are_400_and_store_nothing(make_client, database_url: str) -> None:
+async def test_reused_unknown_expired_and_foreign_state_are_400_and_store_nothing(
+    make_client, database_url: str
+) -> None:
     fake = FakeTokenEndpoint()
     client = await _app(make_client, fake)
     _, auth = await _user(client)
     _, other_auth = await _user(client)
 
     state = await _state(client, auth)
-    assert (await client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": state})).status_code == 302
+    assert (
+        await client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": state})
+    ).status_code == 302
     await client.delete("/v1/broker/connection", headers=auth)
     calls = len(fake.requests)
     reused = await client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": state})
@@ -132,16 +144,23 @@ async def test_reused_unknown_expired_and_foreign_state_are_400_and_store_nothin
 
     expired = await _state(client, auth)
     conn = await asyncpg.connect(dbsupport.asyncpg_dsn(database_url))
-    await conn.execute("UPDATE oauth_states SET expires_at = now() - interval '1 second' WHERE used_at IS NULL")
+    await conn.execute(
+        "UPDATE oauth_states SET expires_at = now() - interval '1 second' WHERE used_at IS NULL"
+    )
     await conn.close()
-    assert (await client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": expired})).status_code == 400
+    assert (
+        await client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": expired})
+    ).status_code == 400
 
     foreign = await _state(client, auth)
-    r = await client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": foreign}, headers=other_auth)
+    r = await client.get(
+        "/v1/oauth/alpaca/callback", params={"code": "c", "state": foreign}, headers=other_auth
+    )
     assert r.status_code == 400
     # The foreign attempt did not burn the owner's state.
-    assert (await client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": foreign},
-                             headers=auth)).status_code == 302
+    assert (
+        await client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": foreign}, headers=auth)
+    ).status_code == 302
     await client.delete("/v1/broker/connection", headers=auth)
 
     assert len(fake.requests) == calls + 1  # only the owner's valid callback reached the provider
@@ -149,7 +168,9 @@ async def test_reused_unknown_expired_and_foreign_state_are_400_and_store_nothin
 
 
 @pytest.mark.parametrize("mode", ["500", "400", "hang"])
-async def test_provider_failure_redirects_with_error_and_stores_nothing(make_client, database_url: str, mode: str) -> None:
+async def test_provider_failure_redirects_with_error_and_stores_nothing(
+    make_client, database_url: str, mode: str
+) -> None:
     client = await _app(make_client, FakeTokenEndpoint(mode), http_timeout_seconds=1)
     _, auth = await _user(client)
     state = await _state(client, auth)
@@ -173,20 +194,31 @@ async def test_parallel_callbacks_with_one_state_link_once(make_client, database
     client = await _app(make_client, fake)
     _, auth = await _user(client)
     state = await _state(client, auth)
-    responses = await asyncio.gather(*(client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": state})
-                                       for _ in range(10)))
+    responses = await asyncio.gather(
+        *(client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": state}) for _ in range(10))
+    )
     assert sorted(r.status_code for r in responses) == [302] + [400] * 9
     assert len(fake.requests) == 1
     assert len(await _rows(database_url, "SELECT 1 FROM broker_connections")) == 1
 
 
 async def test_redirect_goes_only_to_the_first_frontend_origin(make_client) -> None:
-    client = await _app(make_client, FakeTokenEndpoint(), frontend_url="https://app.example.com,https://admin.example.com")
+    client = await _app(
+        make_client, FakeTokenEndpoint(), frontend_url="https://app.example.com,https://admin.example.com"
+    )
     _, auth = await _user(client)
     state = await _state(client, auth)
-    r = await client.get("/v1/oauth/alpaca/callback", params={
-        "code": "c", "state": state, "redirect_uri": "https://evil.example", "next": "https://evil.example",
-        "return_to": "//evil.example"}, headers={"Origin": "https://evil.example", "Referer": "https://evil.example/"})
+    r = await client.get(
+        "/v1/oauth/alpaca/callback",
+        params={
+            "code": "c",
+            "state": state,
+            "redirect_uri": "https://evil.example",
+            "next": "https://evil.example",
+            "return_to": "//evil.example",
+        },
+        headers={"Origin": "https://evil.example", "Referer": "https://evil.example/"},
+    )
     assert r.headers["location"] == "https://app.example.com/settings/broker?status=connected"
 
 
@@ -197,7 +229,9 @@ async def test_declined_at_provider_burns_state_and_stores_nothing(make_client, 
     state = await _state(client, auth)
     r = await client.get("/v1/oauth/alpaca/callback", params={"error": "access_denied", "state": state})
     assert r.headers["location"].endswith("status=error") and fake.requests == []
-    assert (await client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": state})).status_code == 400
+    assert (
+        await client.get("/v1/oauth/alpaca/callback", params={"code": "c", "state": state})
+    ).status_code == 400
 
 
 async def test_oauth_unconfigured_answers_503(client: httpx.AsyncClient) -> None:
@@ -207,7 +241,9 @@ async def test_oauth_unconfigured_answers_503(client: httpx.AsyncClient) -> None
     assert (await client.get("/v1/oauth/alpaca/authorize")).status_code == 401
 
 
-async def test_key_rotation_keeps_old_tokens_readable_and_cli_reencrypts(make_client, database_url: str) -> None:
+async def test_key_rotation_keeps_old_tokens_readable_and_cli_reencrypts(
+    make_client, database_url: str
+) -> None:
     old_key = TEST_FERNET_KEY
     client = await _app(make_client, FakeTokenEndpoint())
     user_id, auth = await _user(client)
@@ -220,11 +256,24 @@ async def test_key_rotation_keeps_old_tokens_readable_and_cli_reencrypts(make_cl
     # The app's own read path (what the live broker provider uses) still opens the old token.
     assert await _app_access_token(rotated_app, user_id) == ACCESS_TOKEN
 
-    env = {**os.environ, "DATABASE_URL": database_url, "FRONTEND_URL": FRONTEND,
-           "JWT_SECRET": "cli-jwt-secret-0123456789-abcdefghijklmnop", "STRIPE_WEBHOOK_SECRET": "whsec_cli_0123456789",
-           "TOKEN_ENCRYPTION_KEY": f"{new_key},{old_key}", "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "app.cli", "rotate-token-keys"],
-                                   env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "FRONTEND_URL": FRONTEND,
+        "JWT_SECRET": "cli-jwt-secret-0123456789-abcdefghijklmnop",
+        "STRIPE_WEBHOOK_SECRET": "whsec_cli_0123456789",
+        "TOKEN_ENCRYPTION_KEY": f"{new_key},{old_key}",
+        "PYTHONPATH": str(ROOT),
+    }
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app.cli", "rotate-token-keys"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert '"rotated": 1' in proc.stdout
     after = (await _rows(database_url, "SELECT access_token_encrypted FROM broker_connections"))[0][0]

@@ -19,18 +19,27 @@ REDIRECT = "http://127.0.0.1:8000/v1/oauth/alpaca/callback"
 
 async def _user(client: httpx.AsyncClient) -> dict[str, str]:
     email, password = f"b-{uuid.uuid4().hex[:8]}@example.com", "correct horse battery staple"
-    assert (await client.post("/v1/auth/signup", json={"email": email, "password": password})).status_code == 201
-    token = (await client.post("/v1/auth/login", json={"email": email, "password": password})).json()["access_token"]
+    assert (
+        await client.post("/v1/auth/signup", json={"email": email, "password": password})
+    ).status_code == 201
+    token = (await client.post("/v1/auth/login", json={"email": email, "password": password})).json()[
+        "access_token"
+    ]
     return {"Authorization": f"Bearer {token}"}
 
 
-async def _link_through(client: httpx.AsyncClient, headers: dict[str, str], *, code: str | None = None) -> str:
+async def _link_through(
+    client: httpx.AsyncClient, headers: dict[str, str], *, code: str | None = None
+) -> str:
     """Start a link, follow the provider's redirect back to our callback; the front-end status it ends on."""
     url = (await client.get("/v1/oauth/alpaca/authorize", headers=headers)).json()["authorize_url"]
     query = parse_qs(urlsplit(url).query)
     assert url.startswith(REDIRECT)  # the local server grants consent at once: straight back to us
-    callback = await client.get("/v1/oauth/alpaca/callback", headers=headers,
-                                params={"code": code or query["code"][0], "state": query["state"][0]})
+    callback = await client.get(
+        "/v1/oauth/alpaca/callback",
+        headers=headers,
+        params={"code": code or query["code"][0], "state": query["state"][0]},
+    )
     assert callback.status_code == 302
     return parse_qs(urlsplit(callback.headers["location"]).query)["status"][0]
 
@@ -42,7 +51,9 @@ async def test_oauth_client_is_swapped_through_dependency_overrides(make_client)
         return local
 
     # No ALPACA_OAUTH_* at all: without the override these routes answer 503.
-    client = await make_client(app_hook=lambda app: app.dependency_overrides.update({get_broker_oauth: oauth}))
+    client = await make_client(
+        app_hook=lambda app: app.dependency_overrides.update({get_broker_oauth: oauth})
+    )
     headers = await _user(client)
     assert await _link_through(client, headers) == "connected"
     connection = (await client.get("/v1/broker/connection", headers=headers)).json()
@@ -70,6 +81,10 @@ async def test_local_oauth_exchange_is_offline_and_strict() -> None:
 
 def test_local_oauth_is_refused_in_production(database_url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
-        make_settings(database_url, app_env="production", frontend_url="https://app.example.com",
-                      broker_oauth_provider="local")
+        make_settings(
+            database_url,
+            app_env="production",
+            frontend_url="https://app.example.com",
+            broker_oauth_provider="local",
+        )
     assert "BROKER_OAUTH_PROVIDER" in str(info.value)

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 APP = Path(__file__).resolve().parents[2] / "app"
-FEATURES = sorted(p.name for p in APP.iterdir() if p.is_dir() and p.name not in {"core", "quant", "providers",
-                                                                                  "workers", "__pycache__"})
+FEATURES = sorted(
+    p.name
+    for p in APP.iterdir()
+    if p.is_dir() and p.name not in {"core", "quant", "providers", "workers", "__pycache__"}
+)
 
 
 def _imports(path: Path) -> set[str]:
@@ -43,9 +46,12 @@ def test_core_imports_no_feature_and_no_provider(path: Path) -> None:
 
 @pytest.mark.parametrize("path", _modules("quant"), ids=lambda p: p.name)
 def test_quant_imports_neither_the_web_nor_the_database(path: Path) -> None:
-    bad = {name for name in _imports(path)
-           if name.split(".")[0] in {"fastapi", "starlette", "sqlalchemy", "asyncpg", "httpx"}
-           or (name.startswith("app.") and not name.startswith("app.quant"))}
+    bad = {
+        name
+        for name in _imports(path)
+        if name.split(".")[0] in {"fastapi", "starlette", "sqlalchemy", "asyncpg", "httpx"}
+        or (name.startswith("app.") and not name.startswith("app.quant"))
+    }
     assert not bad, sorted(bad)
 
 
@@ -54,10 +60,13 @@ def test_schemas_import_no_service(path: Path) -> None:
     assert not {name for name in _imports(path) if name.endswith(".service")}
 
 
-@pytest.mark.parametrize("path", [p for p in _modules("") if p != APP / "core" / "db.py"],
-                         ids=lambda p: str(p.relative_to(APP)))
+@pytest.mark.parametrize(
+    "path", [p for p in _modules("") if p != APP / "core" / "db.py"], ids=lambda p: str(p.relative_to(APP))
+)
 def test_only_core_db_opens_sessions_transactions_or_autocommit(path: Path) -> None:
     """One transaction idiom: the session dependency, or Database.own_transaction — nothing ad hoc."""
     text = path.read_text()
     for forbidden in ("sessionmaker(", ".begin()", "AUTOCOMMIT", ".commit()"):
-        assert forbidden not in text, f"{forbidden!r}: use SessionDep or Database.own_transaction (app/core/db.py)"
+        assert forbidden not in text, (
+            f"{forbidden!r}: use SessionDep or Database.own_transaction (app/core/db.py)"
+        )

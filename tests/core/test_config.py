@@ -97,15 +97,26 @@ def test_startup_without_required_vars_exits_before_binding_and_names_all(entry:
 
 def test_wildcard_frontend_url_refused_at_startup(tmp_path: Path) -> None:
     env = _clean_env(**{**BASE_ENV, "FRONTEND_URL": "*", "PYTHONPATH": str(ROOT), "PORT": str(_free_port())})
-    proc = subprocess.run([sys.executable, "-m", "app"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "FRONTEND_URL" in proc.stderr and "wildcard" in proc.stderr
     assert "supersecretpw" not in proc.stderr
 
 
 @pytest.mark.parametrize(
-    "value", ["*", "", " , ", "localhost:3000", "http://a.com/path", "ftp://a.com", "http://*.a.com", "https://a.com,*"]
+    "value",
+    [
+        "*",
+        "",
+        " , ",
+        "localhost:3000",
+        "http://a.com/path",
+        "ftp://a.com",
+        "http://*.a.com",
+        "https://a.com,*",
+    ],
 )
 def test_frontend_url_must_be_origins(value: str) -> None:
     with pytest.raises(ConfigurationError) as exc:
@@ -114,7 +125,9 @@ def test_frontend_url_must_be_origins(value: str) -> None:
 
 
 def test_frontend_url_list_is_normalised() -> None:
-    s = make_settings("postgresql://x@127.0.0.1/db", frontend_url="https://a.example.com, http://localhost:3000/")
+    s = make_settings(
+        "postgresql://x@127.0.0.1/db", frontend_url="https://a.example.com, http://localhost:3000/"
+    )
     assert s.frontend_origins == ["https://a.example.com", "http://localhost:3000"]
 
 
@@ -133,8 +146,14 @@ def test_all_problems_reported_at_once_without_secret_values() -> None:
         )
     problems = exc.value.problems
     assert set(problems) >= {
-        "DATABASE_URL", "FRONTEND_URL", "JWT_SECRET", "STRIPE_WEBHOOK_SECRET", "TOKEN_ENCRYPTION_KEY",
-        "RATE_LIMIT_LOGIN", "DB_POOL_SIZE", "TRUSTED_PROXIES",
+        "DATABASE_URL",
+        "FRONTEND_URL",
+        "JWT_SECRET",
+        "STRIPE_WEBHOOK_SECRET",
+        "TOKEN_ENCRYPTION_KEY",
+        "RATE_LIMIT_LOGIN",
+        "DB_POOL_SIZE",
+        "TRUSTED_PROXIES",
     }
     message = str(exc.value)
     for secret in ("hunter2hunter2", "short-secret-value", "sk_live_notawebhooksecret", "not-a-fernet-key"):
@@ -142,8 +161,11 @@ def test_all_problems_reported_at_once_without_secret_values() -> None:
 
 
 def test_rotation_lists_are_accepted() -> None:
-    s = make_settings("postgresql://x@127.0.0.1/db", stripe_webhook_secret="whsec_aaaaaaaaaa, whsec_bbbbbbbbbb",
-                      token_encryption_key=f"{TEST_FERNET_KEY},{TEST_FERNET_KEY}")
+    s = make_settings(
+        "postgresql://x@127.0.0.1/db",
+        stripe_webhook_secret="whsec_aaaaaaaaaa, whsec_bbbbbbbbbb",
+        token_encryption_key=f"{TEST_FERNET_KEY},{TEST_FERNET_KEY}",
+    )
     assert s.stripe_webhook_secrets == ["whsec_aaaaaaaaaa", "whsec_bbbbbbbbbb"]
     assert len(s.token_encryption_keys) == 2
 
@@ -156,7 +178,9 @@ def test_database_url_normalised_to_asyncpg_and_secret_hidden_in_repr() -> None:
 
 def test_https_required_in_production() -> None:
     with pytest.raises(ConfigurationError) as exc:
-        make_settings("postgresql://x@127.0.0.1/db", app_env="production", frontend_url="http://a.example.com")
+        make_settings(
+            "postgresql://x@127.0.0.1/db", app_env="production", frontend_url="http://a.example.com"
+        )
     assert "https" in exc.value.problems["FRONTEND_URL"]
 
 

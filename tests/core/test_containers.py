@@ -39,7 +39,10 @@ def test_compose_has_app_migrate_postgres_redis_with_healthchecks() -> None:
     for name in ("app", "migrate"):
         assert services[name]["env_file"] == ".env"
         env = services[name]["environment"]
-        assert env["DATABASE_URL"].startswith("postgresql+asyncpg://") and "@postgres:5432/" in env["DATABASE_URL"]
+        assert (
+            env["DATABASE_URL"].startswith("postgresql+asyncpg://")
+            and "@postgres:5432/" in env["DATABASE_URL"]
+        )
     assert services["app"]["environment"]["REDIS_URL"].startswith("redis://redis:6379")
 
 
@@ -51,7 +54,7 @@ def test_env_and_secrets_never_enter_the_image_or_repo() -> None:
 def test_multiworker_metrics_dir_is_set_writable_and_a_tmpfs_in_compose() -> None:
     """WEB_CONCURRENCY > 1: every worker writes to PROMETHEUS_MULTIPROC_DIR so /metrics aggregates them."""
     text = (ROOT / "Dockerfile").read_text()
-    runtime = text[text.rindex("\nFROM "):]  # the final stage is the image that runs
+    runtime = text[text.rindex("\nFROM ") :]  # the final stage is the image that runs
     env = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", runtime)
     assert env, "PROMETHEUS_MULTIPROC_DIR must be set in the runtime stage"
     path = env.group(1)

@@ -17,17 +17,28 @@ ALLOWED = "http://localhost:3000"
 
 
 async def test_preflight_from_frontend_origin_allowed(client: httpx.AsyncClient) -> None:
-    r = await client.options("/v1/orders", headers={
-        "Origin": ALLOWED, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type,idempotency-key"})
+    r = await client.options(
+        "/v1/orders",
+        headers={
+            "Origin": ALLOWED,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type,idempotency-key",
+        },
+    )
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == ALLOWED
     assert "*" not in r.headers["access-control-allow-origin"]
 
 
 async def test_allowed_preflight_is_unchanged(client: httpx.AsyncClient) -> None:
-    r = await client.options("/v1/orders", headers={
-        "Origin": ALLOWED, "Access-Control-Request-Method": "DELETE", "Access-Control-Request-Headers": "X-Request-ID"})
+    r = await client.options(
+        "/v1/orders",
+        headers={
+            "Origin": ALLOWED,
+            "Access-Control-Request-Method": "DELETE",
+            "Access-Control-Request-Headers": "X-Request-ID",
+        },
+    )
     assert r.status_code == 200 and r.text == "OK"
     assert r.headers["content-type"].startswith("text/plain")
     assert r.headers["access-control-allow-origin"] == ALLOWED
@@ -36,7 +47,9 @@ async def test_allowed_preflight_is_unchanged(client: httpx.AsyncClient) -> None
     assert "x-request-id" in r.headers["access-control-allow-headers"].lower()
 
 
-async def test_refused_preflight_is_problem_json_naming_what_was_disallowed(client: httpx.AsyncClient) -> None:
+async def test_refused_preflight_is_problem_json_naming_what_was_disallowed(
+    client: httpx.AsyncClient,
+) -> None:
     def preflight(origin: str, method: str = "POST", headers: str | None = None):
         h = {"Origin": origin, "Access-Control-Request-Method": method}
         if headers:
@@ -56,12 +69,16 @@ async def test_refused_preflight_is_problem_json_naming_what_was_disallowed(clie
     method = assert_problem(await preflight(ALLOWED, method="TRACE"), 400)
     assert method["disallowed"] == ["method"] and "method" in method["detail"]
 
-    everything = assert_problem(await preflight("https://evil.example", method="TRACE", headers="X-Evil"), 400)
+    everything = assert_problem(
+        await preflight("https://evil.example", method="TRACE", headers="X-Evil"), 400
+    )
     assert everything["disallowed"] == ["origin", "method", "headers"]
 
 
 async def test_preflight_from_other_origin_gets_no_allow_origin(client: httpx.AsyncClient) -> None:
-    r = await client.options("/v1/orders", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    r = await client.options(
+        "/v1/orders", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert "access-control-allow-origin" not in r.headers
     simple = await client.get("/healthz", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in simple.headers
@@ -74,12 +91,18 @@ async def test_problem_json_for_404_405_422_500(make_client) -> None:
     assert_problem(await client.get("/v1/does-not-exist"), 404)
     body405 = assert_problem(await client.delete("/healthz"), 405)
     assert "DELETE" in body405["detail"]
-    body422 = assert_problem(await client.post("/v1/_test/items", json={"name": "", "qty": "many", "extra": 1}), 422)
+    body422 = assert_problem(
+        await client.post("/v1/_test/items", json={"name": "", "qty": "many", "extra": 1}), 422
+    )
     fields = {e["field"] for e in body422["errors"]}
     assert {"name", "qty"} <= fields
     assert all(e["message"] for e in body422["errors"])
-    malformed = assert_problem(await client.post("/v1/_test/items", content=b"{not json",
-                                                 headers={"content-type": "application/json"}), 422)
+    malformed = assert_problem(
+        await client.post(
+            "/v1/_test/items", content=b"{not json", headers={"content-type": "application/json"}
+        ),
+        422,
+    )
     assert malformed["errors"]
     body500 = assert_problem(await client.get("/v1/_test/boom"), 500)
     assert "SELECT" not in str(body500) and "Traceback" not in str(body500) and "secret" not in str(body500)
@@ -90,14 +113,18 @@ async def test_body_over_limit_is_413_declared_and_chunked(make_client) -> None:
     small = await client.post("/v1/_test/echo-size", json={"a": "x" * 100})
     assert small.status_code == 200
     big = b'{"a": "' + b"x" * 5000 + b'"}'
-    assert_problem(await client.post("/v1/_test/echo-size", content=big,
-                                     headers={"content-type": "application/json"}), 413)
+    assert_problem(
+        await client.post("/v1/_test/echo-size", content=big, headers={"content-type": "application/json"}),
+        413,
+    )
 
     async def chunks():
         for _ in range(10):
             yield b"x" * 1000  # no Content-Length: Transfer-Encoding: chunked
 
-    r = await client.post("/v1/_test/echo-size", content=chunks(), headers={"content-type": "application/json"})
+    r = await client.post(
+        "/v1/_test/echo-size", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert_problem(r, 413)
 
 

@@ -42,8 +42,14 @@ async def test_metrics_exposes_contract_names(client: httpx.AsyncClient) -> None
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     text = r.text
-    for name in ("http_requests_total", "http_request_duration_seconds_bucket", "db_pool_checked_out",
-                 "db_pool_size", "db_pool_timeouts_total", "rate_limit_hits_total"):
+    for name in (
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "db_pool_checked_out",
+        "db_pool_size",
+        "db_pool_timeouts_total",
+        "rate_limit_hits_total",
+    ):
         assert name in text, name
     assert 'route="/readyz"' in text
 
@@ -88,15 +94,28 @@ def _env(directory: Path) -> dict[str, str]:
 
 
 def _worker(directory: Path, requests: int, breaker: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(requests), str(breaker)], cwd=ROOT,
-                            env=_env(directory), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(requests), str(breaker)],
+        cwd=ROOT,
+        env=_env(directory),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
 
 def _scrape(directory: Path, *args: str) -> tuple[dict[str, float], str]:
-    done = subprocess.run([sys.executable, "-c", _SCRAPE, *args], cwd=ROOT, env=_env(directory),
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRAPE, *args],
+        cwd=ROOT,
+        env=_env(directory),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     samples = {}
     for line in done.stdout.splitlines():
         if line and not line.startswith("#"):
@@ -151,8 +170,9 @@ def test_entry_point_empties_the_metrics_dir_before_anything_creates_metrics(tmp
         "assert 'prometheus_client' not in sys.modules, 'metrics would be created before the wipe'\n"
         "print(entry.prepare_multiprocess_dir())\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(tmp_path)
     assert not any(path.exists() for path in stale)

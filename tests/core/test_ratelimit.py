@@ -39,20 +39,28 @@ async def test_n_plus_first_request_is_429_with_headers(make_client) -> None:
 async def test_limit_is_per_client_ip(make_client) -> None:
     a = await make_client(routers=[support_router], rate_limit_default="2/minute", client_ip="10.1.1.1")
     # Same app, different peer.
-    b = httpx.AsyncClient(transport=httpx.ASGITransport(app=a.app, client=("10.2.2.2", 1)), base_url="http://t")
+    b = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=a.app, client=("10.2.2.2", 1)), base_url="http://t"
+    )
     async with b:
         assert [(await _items(a)).status_code for _ in range(3)] == [200, 200, 429]
         assert (await _items(b)).status_code == 200
 
 
 async def test_forwarded_for_is_ignored_unless_peer_is_trusted(make_client) -> None:
-    untrusted = await make_client(routers=[support_router], rate_limit_default="1/minute", client_ip="10.0.0.5")
+    untrusted = await make_client(
+        routers=[support_router], rate_limit_default="1/minute", client_ip="10.0.0.5"
+    )
     assert (await _items(untrusted, headers={"X-Forwarded-For": "1.1.1.1"})).status_code == 200
     # Spoofing another address does not buy a fresh budget.
     assert (await _items(untrusted, headers={"X-Forwarded-For": "2.2.2.2"})).status_code == 429
 
-    trusted = await make_client(routers=[support_router], rate_limit_default="1/minute", client_ip="10.0.0.5",
-                                trusted_proxies="10.0.0.0/24")
+    trusted = await make_client(
+        routers=[support_router],
+        rate_limit_default="1/minute",
+        client_ip="10.0.0.5",
+        trusted_proxies="10.0.0.0/24",
+    )
     assert (await _items(trusted, headers={"X-Forwarded-For": "1.1.1.1"})).status_code == 200
     assert (await _items(trusted, headers={"X-Forwarded-For": "2.2.2.2"})).status_code == 200
     assert (await _items(trusted, headers={"X-Forwarded-For": "2.2.2.2"})).status_code == 429
@@ -73,8 +81,9 @@ async def test_limit_shared_across_two_app_instances_via_redis(make_client, requ
 
 async def test_redis_down_fails_open_with_metric_not_500(make_client) -> None:
     # Nothing listens on port 1: every storage call fails fast; requests are served, the metric counts.
-    client = await make_client(routers=[support_router], rate_limit_default="1/minute",
-                               redis_url="redis://127.0.0.1:1/0")
+    client = await make_client(
+        routers=[support_router], rate_limit_default="1/minute", redis_url="redis://127.0.0.1:1/0"
+    )
     before = await scrape(client)
     statuses = [(await _items(client)).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
@@ -172,8 +181,11 @@ async def test_silent_redis_costs_one_timeout_not_one_per_request(make_client) -
     from app.core.ratelimit import STORAGE_TIMEOUT_SECONDS
 
     async with LoopbackRedis() as silent:
-        client = await make_client(routers=[support_router], rate_limit_default="1/minute",
-                                   redis_url=f"redis://127.0.0.1:{silent.port}/0")
+        client = await make_client(
+            routers=[support_router],
+            rate_limit_default="1/minute",
+            redis_url=f"redis://127.0.0.1:{silent.port}/0",
+        )
         before = await scrape(client)
         connections = silent.connections
         # Bounded generously, so a request left waiting on the silent server for ever fails the test
@@ -210,7 +222,10 @@ async def test_limiter_probes_once_after_cooldown_and_recovers_when_redis_answer
         redis = connect_redis(f"redis://127.0.0.1:{proxy.port}{real.path}")
         limiter = RateLimiter(redis, cooldown=cooldown)
         try:
-            errors0, skipped0 = count("rate_limit_storage_errors_total"), count("rate_limit_storage_skipped_total")
+            errors0, skipped0 = (
+                count("rate_limit_storage_errors_total"),
+                count("rate_limit_storage_skipped_total"),
+            )
 
             # 1. Redis silent: the first hit waits the timeout (bounded: not the silent server's for ever),
             #    fails open and starts the cooldown.

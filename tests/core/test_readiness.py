@@ -16,13 +16,18 @@ async def _proxied(database_url: str) -> tuple[TcpProxy, str]:
     socket_dir = (url.query.get("host") or None) if url.host is None else None
     if isinstance(socket_dir, tuple):
         socket_dir = socket_dir[0]
-    proxy = TcpProxy(url.host, url.port or 5432,
-                     upstream_socket=f"{socket_dir}/.s.PGSQL.{url.port or 5432}" if socket_dir else None)
+    proxy = TcpProxy(
+        url.host,
+        url.port or 5432,
+        upstream_socket=f"{socket_dir}/.s.PGSQL.{url.port or 5432}" if socket_dir else None,
+    )
     await proxy.start()
     return proxy, url.set(host="127.0.0.1", port=proxy.port, query={}).render_as_string(hide_password=False)
 
 
-async def test_readyz_503_when_database_unreachable_then_200_when_back(make_client, database_url: str) -> None:
+async def test_readyz_503_when_database_unreachable_then_200_when_back(
+    make_client, database_url: str
+) -> None:
     proxy, proxied = await _proxied(database_url)
     client = await make_client(database_url=proxied)
     client.app.state.readiness.ttl = 0.0  # type: ignore[attr-defined]  # follow the database, not the 1 s cache
@@ -40,8 +45,6 @@ async def test_readyz_503_when_database_unreachable_then_200_when_back(make_clie
         assert (await client.get("/readyz")).status_code == 200
     finally:
         await proxy.stop()
-
-
 
 
 async def test_dead_pooled_connections_are_replaced_before_use(make_client, database_url: str) -> None:
@@ -88,7 +91,8 @@ async def _wait_until_running(database_url: str, query_prefix: str) -> None:
             while not await conn.fetchval(  # noqa: ASYNC110 - polling another process's state
                 "SELECT count(*) FROM pg_stat_activity"
                 " WHERE datname = $2 AND state = 'active' AND query LIKE $1 || '%'",
-                query_prefix, make_url(database_url).database,
+                query_prefix,
+                make_url(database_url).database,
             ):
                 await asyncio.sleep(0.02)
     finally:

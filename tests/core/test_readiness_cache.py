@@ -24,7 +24,9 @@ async def test_a_flood_of_readyz_costs_one_database_check_per_second(make_client
             probes.append(ReadinessProbe(request.app.state.database, clock=lambda: now[0]))
         return probes[0]
 
-    client = await make_client(app_hook=lambda app: app.dependency_overrides.update({get_readiness: readiness}))
+    client = await make_client(
+        app_hook=lambda app: app.dependency_overrides.update({get_readiness: readiness})
+    )
     before = _checks("ok")
     answers = await asyncio.gather(*(client.get("/readyz") for _ in range(50)))
     assert [r.status_code for r in answers] == [200] * 50

@@ -77,11 +77,18 @@ async def test_limiter_breakers_and_cache_share_one_redis_pool(make_client) -> N
     assert state.market_data.cache.redis is state.redis
 
 
-@pytest.mark.parametrize(("given", "sqlalchemy", "libpq"), [
-    ("postgres://u:p@h:5432/d", "postgresql+asyncpg://u:p@h:5432/d", "postgresql://u:p@h:5432/d"),
-    ("postgresql://u@h/d", "postgresql+asyncpg://u@h/d", "postgresql://u@h/d"),
-    ("postgresql+asyncpg://h/d?ssl=require", "postgresql+asyncpg://h/d?ssl=require", "postgresql://h/d?ssl=require"),
-])
+@pytest.mark.parametrize(
+    ("given", "sqlalchemy", "libpq"),
+    [
+        ("postgres://u:p@h:5432/d", "postgresql+asyncpg://u:p@h:5432/d", "postgresql://u:p@h:5432/d"),
+        ("postgresql://u@h/d", "postgresql+asyncpg://u@h/d", "postgresql://u@h/d"),
+        (
+            "postgresql+asyncpg://h/d?ssl=require",
+            "postgresql+asyncpg://h/d?ssl=require",
+            "postgresql://h/d?ssl=require",
+        ),
+    ],
+)
 def test_one_database_url_normaliser(given: str, sqlalchemy: str, libpq: str) -> None:
     assert normalize_database_url(given) == sqlalchemy
     assert normalize_database_url(given, driver=None) == libpq

@@ -58,9 +58,18 @@ class Close:
 
 Behaviour = Reply | Hang | Drip | Close | Callable[[Recorded], Any]
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 422: "Unprocessable Entity",
-            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-            503: "Service Unavailable", 504: "Gateway Timeout"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 
 class FakeProvider:
@@ -158,12 +167,15 @@ class FakeProvider:
                 assert isinstance(behaviour, Reply)
                 if behaviour.delay:
                     await asyncio.sleep(behaviour.delay)
-                payload = behaviour.body if behaviour.body is not None else json.dumps(behaviour.json).encode()
+                payload = (
+                    behaviour.body if behaviour.body is not None else json.dumps(behaviour.json).encode()
+                )
                 reason = _REASONS.get(behaviour.status, "Status")
                 extra = "".join(f"{k}: {v}\r\n" for k, v in behaviour.headers.items())
                 writer.write(
                     f"HTTP/1.1 {behaviour.status} {reason}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(payload)}\r\n{extra}\r\n".encode() + payload
+                    f"Content-Length: {len(payload)}\r\n{extra}\r\n".encode()
+                    + payload
                 )
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
@@ -181,28 +193,69 @@ BARS_PATH = r"/v2/stocks/([A-Z0-9.]+)/bars"
 
 # Alpaca Market Data v2 ``GET /v2/stocks/{symbol}/snapshot`` (single symbol): the symbol at the top level
 # next to latestTrade, latestQuote, minuteBar, dailyBar, prevDailyBar (each may be null).
-LATEST_QUOTE = {"t": "2024-01-02T15:30:00.123456789Z", "ax": "V", "ap": 190.05, "as": 3, "bx": "V",
-                "bp": 189.95, "bs": 2, "c": ["R"], "z": "C"}
-LATEST_TRADE = {"t": "2024-01-02T15:29:59.5Z", "x": "V", "p": 190.01, "s": 100, "c": ["@"], "i": 52983525029461,
-                "z": "C"}
+LATEST_QUOTE = {
+    "t": "2024-01-02T15:30:00.123456789Z",
+    "ax": "V",
+    "ap": 190.05,
+    "as": 3,
+    "bx": "V",
+    "bp": 189.95,
+    "bs": 2,
+    "c": ["R"],
+    "z": "C",
+}
+LATEST_TRADE = {
+    "t": "2024-01-02T15:29:59.5Z",
+    "x": "V",
+    "p": 190.01,
+    "s": 100,
+    "c": ["@"],
+    "i": 52983525029461,
+    "z": "C",
+}
 
 
 def symbol_of(request: Recorded) -> str:
     return request.path.split("/")[3]
 
 
-def snapshot_body(symbol: str, *, quote: dict[str, Any] | None = LATEST_QUOTE,
-                  trade: dict[str, Any] | None = LATEST_TRADE) -> dict[str, Any]:
+def snapshot_body(
+    symbol: str, *, quote: dict[str, Any] | None = LATEST_QUOTE, trade: dict[str, Any] | None = LATEST_TRADE
+) -> dict[str, Any]:
     return {
         "symbol": symbol,
         "latestTrade": trade,
         "latestQuote": quote,
-        "minuteBar": {"t": "2024-01-02T15:29:00Z", "o": 190.0, "h": 190.1, "l": 189.9, "c": 190.01, "v": 3746,
-                      "n": 57, "vw": 190.02},
-        "dailyBar": {"t": "2024-01-02T05:00:00Z", "o": 187.15, "h": 188.44, "l": 183.89, "c": 185.64,
-                     "v": 82488674, "n": 1009074, "vw": 185.9465},
-        "prevDailyBar": {"t": "2023-12-29T05:00:00Z", "o": 193.9, "h": 194.4, "l": 191.73, "c": 192.53,
-                         "v": 42628802, "n": 535962, "vw": 192.863},
+        "minuteBar": {
+            "t": "2024-01-02T15:29:00Z",
+            "o": 190.0,
+            "h": 190.1,
+            "l": 189.9,
+            "c": 190.01,
+            "v": 3746,
+            "n": 57,
+            "vw": 190.02,
+        },
+        "dailyBar": {
+            "t": "2024-01-02T05:00:00Z",
+            "o": 187.15,
+            "h": 188.44,
+            "l": 183.89,
+            "c": 185.64,
+            "v": 82488674,
+            "n": 1009074,
+            "vw": 185.9465,
+        },
+        "prevDailyBar": {
+            "t": "2023-12-29T05:00:00Z",
+            "o": 193.9,
+            "h": 194.4,
+            "l": 191.73,
+            "c": 192.53,
+            "v": 42628802,
+            "n": 535962,
+            "vw": 192.863,
+        },
     }
 
 
@@ -226,9 +279,18 @@ def alpaca_bars(page_size: int = 1000) -> Callable[[Recorded], Reply]:
         bars = []
         for i in range(offset, offset + size):
             price = 100 + i / 100
-            bars.append({"t": (start + dt.timedelta(minutes=i)).isoformat().replace("+00:00", "Z"),
-                         "o": price, "h": price + 0.5, "l": price - 0.5, "c": price + 0.25, "v": 1000 + i,
-                         "n": 10, "vw": price})
+            bars.append(
+                {
+                    "t": (start + dt.timedelta(minutes=i)).isoformat().replace("+00:00", "Z"),
+                    "o": price,
+                    "h": price + 0.5,
+                    "l": price - 0.5,
+                    "c": price + 0.25,
+                    "v": 1000 + i,
+                    "n": 10,
+                    "vw": price,
+                }
+            )
         return Reply(json={"symbol": symbol_of(request), "bars": bars, "next_page_token": str(offset + size)})
 
     return handler

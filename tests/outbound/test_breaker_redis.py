@@ -23,8 +23,10 @@ async def redis_client(require_redis: str):
 
 def pair(redis_a, redis_b, *, fail_max: int = 3, reset: float = 0.5) -> tuple[RedisBreaker, RedisBreaker]:
     provider = f"shared-{uuid.uuid4().hex[:8]}"
-    return (RedisBreaker(provider, redis_a, fail_max=fail_max, reset_seconds=reset, trial_seconds=5),
-            RedisBreaker(provider, redis_b, fail_max=fail_max, reset_seconds=reset, trial_seconds=5))
+    return (
+        RedisBreaker(provider, redis_a, fail_max=fail_max, reset_seconds=reset, trial_seconds=5),
+        RedisBreaker(provider, redis_b, fail_max=fail_max, reset_seconds=reset, trial_seconds=5),
+    )
 
 
 @pytest.mark.redis
@@ -82,8 +84,14 @@ async def test_4xx_answers_are_not_failures_of_the_shared_breaker(require_redis:
         return httpx.Response(seen[-1], json={"status": seen[-1]})
 
     a, b = pair(a_conn, b_conn, fail_max=2, reset=5)
-    client = OutboundClient(a.provider, base_url="https://provider.test", timeout=2, breaker=a,
-                            transport=httpx.MockTransport(provider), backoff=0.01)
+    client = OutboundClient(
+        a.provider,
+        base_url="https://provider.test",
+        timeout=2,
+        breaker=a,
+        transport=httpx.MockTransport(provider),
+        backoff=0.01,
+    )
     try:
         for code in script:
             if code >= 500:

@@ -73,12 +73,27 @@ def status(code: int, **kw: Any) -> httpx.Response:
     return httpx.Response(code, json={"status": code}, **kw)
 
 
-def make(handler: Any = None, *, transport: httpx.AsyncBaseTransport | None = None, timeout: float = 2.0,
-         fail_max: int = 3, reset: float = 1.0, base_url: str = "https://provider.test", **kw: Any) -> OutboundClient:
+def make(
+    handler: Any = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    timeout: float = 2.0,
+    fail_max: int = 3,
+    reset: float = 1.0,
+    base_url: str = "https://provider.test",
+    **kw: Any,
+) -> OutboundClient:
     name = provider_name()
     breaker = LocalBreaker(name, fail_max=fail_max, reset_seconds=reset, trial_seconds=timeout + 2)
-    return OutboundClient(name, base_url=base_url, timeout=timeout, breaker=breaker,
-                          transport=transport or httpx.MockTransport(handler), backoff=0.01, **kw)
+    return OutboundClient(
+        name,
+        base_url=base_url,
+        timeout=timeout,
+        breaker=breaker,
+        transport=transport or httpx.MockTransport(handler),
+        backoff=0.01,
+        **kw,
+    )
 
 
 def metric(name: str, **labels: str) -> float:
@@ -110,7 +125,9 @@ async def test_outbound_registry_builds_one_client_per_provider_with_injected_tr
     handler = Counting(ok())
     settings = make_settings("postgresql://u@localhost/db", http_timeout_seconds=3, broker_timeout_seconds=4)
     outbound = Outbound(settings, transports={"broker": httpx.MockTransport(handler)})
-    broker = outbound.create("broker", base_url="https://broker.test", timeout=settings.broker_timeout_seconds)
+    broker = outbound.create(
+        "broker", base_url="https://broker.test", timeout=settings.broker_timeout_seconds
+    )
     data = outbound.create("data", base_url="https://data.test")
     assert broker.deadline == 4 and data.deadline == 3
     assert outbound["broker"] is broker
@@ -151,7 +168,12 @@ async def test_500_is_not_retried() -> None:
 
 
 async def test_post_is_never_retried() -> None:
-    for failure in (status(503), status(502), httpx.ConnectError("refused"), status(429, headers={"Retry-After": "0"})):
+    for failure in (
+        status(503),
+        status(502),
+        httpx.ConnectError("refused"),
+        status(429, headers={"Retry-After": "0"}),
+    ):
         handler = Counting(failure, ok())
         client = make(handler)
         with pytest.raises((UpstreamStatusError, UpstreamConnectError, UpstreamRateLimited)):
@@ -187,8 +209,13 @@ async def test_connection_errors_retried_for_get_and_report_not_sent() -> None:
 async def test_refused_connection_on_a_real_socket(fake: FakeProvider) -> None:
     port = fake.port
     await fake.stop()  # nothing listens there any more
-    real = OutboundClient(provider_name(), base_url=f"http://127.0.0.1:{port}", timeout=2,
-                          breaker=LocalBreaker("x", fail_max=5, reset_seconds=1, trial_seconds=3), backoff=0.01)
+    real = OutboundClient(
+        provider_name(),
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=2,
+        breaker=LocalBreaker("x", fail_max=5, reset_seconds=1, trial_seconds=3),
+        backoff=0.01,
+    )
     try:
         # Refused at once: had the connect waited, the 2 s deadline would have raised UpstreamTimeout.
         with pytest.raises(UpstreamConnectError) as info:
@@ -258,8 +285,12 @@ def test_parse_retry_after_forms() -> None:
 # --------------------------------------------------------------------------- deadline
 async def test_hanging_server_is_cut_at_the_deadline(fake: FakeProvider) -> None:
     fake.on("/hang", Hang())
-    client = OutboundClient(provider_name(), base_url=fake.url, timeout=1,
-                            breaker=LocalBreaker("h", fail_max=5, reset_seconds=1, trial_seconds=3))
+    client = OutboundClient(
+        provider_name(),
+        base_url=fake.url,
+        timeout=1,
+        breaker=LocalBreaker("h", fail_max=5, reset_seconds=1, trial_seconds=3),
+    )
     try:
         # The server never answers: the call ends at its 1 s deadline (bounded generously here).
         async with asyncio.timeout(5):
@@ -275,8 +306,12 @@ async def test_hanging_server_is_cut_at_the_deadline(fake: FakeProvider) -> None
 async def test_slow_drip_cannot_outlive_the_total_deadline(fake: FakeProvider) -> None:
     # Each byte arrives well inside the 1 s read timeout, so httpx alone would wait ~20 s for the body.
     fake.on("/drip", Drip(interval=0.1, size=200))
-    client = OutboundClient(provider_name(), base_url=fake.url, timeout=1,
-                            breaker=LocalBreaker("d", fail_max=5, reset_seconds=1, trial_seconds=3))
+    client = OutboundClient(
+        provider_name(),
+        base_url=fake.url,
+        timeout=1,
+        breaker=LocalBreaker("d", fail_max=5, reset_seconds=1, trial_seconds=3),
+    )
     try:
         assert client.timeouts.read == 1
         async with asyncio.timeout(5):  # instead of ~20 s
@@ -289,10 +324,18 @@ async def test_slow_drip_cannot_outlive_the_total_deadline(fake: FakeProvider) -
 
 async def test_per_call_deadline_can_only_shorten(fake: FakeProvider) -> None:
     fake.on("/hang", Hang())
-    long = OutboundClient(provider_name(), base_url=fake.url, timeout=30,
-                          breaker=LocalBreaker("s", fail_max=5, reset_seconds=1, trial_seconds=3))
-    short = OutboundClient(provider_name(), base_url=fake.url, timeout=0.3,
-                           breaker=LocalBreaker("s2", fail_max=5, reset_seconds=1, trial_seconds=3))
+    long = OutboundClient(
+        provider_name(),
+        base_url=fake.url,
+        timeout=30,
+        breaker=LocalBreaker("s", fail_max=5, reset_seconds=1, trial_seconds=3),
+    )
+    short = OutboundClient(
+        provider_name(),
+        base_url=fake.url,
+        timeout=0.3,
+        breaker=LocalBreaker("s2", fail_max=5, reset_seconds=1, trial_seconds=3),
+    )
     try:
         # Shorter than the client's: it applies (the client's own 30 s would outlast the bound).
         async with asyncio.timeout(5):

@@ -23,8 +23,12 @@ def _client_constructions(path: Path) -> list[int]:
         if not isinstance(node, ast.Call):
             continue
         func = node.func
-        if isinstance(func, ast.Attribute) and func.attr in names and isinstance(func.value, ast.Name) \
-                and func.value.id == "httpx":
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr in names
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "httpx"
+        ):
             lines.append(node.lineno)
         elif isinstance(func, ast.Name) and func.id in aliases:
             lines.append(node.lineno)

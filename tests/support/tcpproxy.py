@@ -7,7 +7,9 @@ import contextlib
 
 
 class TcpProxy:
-    def __init__(self, upstream_host: str | None, upstream_port: int | None, upstream_socket: str | None = None):
+    def __init__(
+        self, upstream_host: str | None, upstream_port: int | None, upstream_socket: str | None = None
+    ):
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.upstream_socket = upstream_socket
