@@ -1,7 +1,7 @@
 """Every ORM model, imported once so Alembic and tests see the whole schema."""
 
 from app.auth.models import User  # noqa: F401
-from app.billing.models import BillingAccount, Payment, StripeEvent  # noqa: F401
+from app.billing.models import BillingAccount, BillingSubscription, Payment, StripeEvent  # noqa: F401
 from app.brokers.models import BrokerConnection, OAuthState  # noqa: F401
 from app.core.db import Base
 

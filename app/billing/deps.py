@@ -38,8 +38,10 @@ async def verified_stripe_event(
     """The event in the request body, if the kill switch is off and Stripe signed it."""
     if not settings.stripe_webhook_enabled:
         WEBHOOK_EVENTS.labels("unknown", "disabled").inc()
-        raise ServiceUnavailable("Stripe webhooks are switched off (STRIPE_WEBHOOK_ENABLED=false); "
-                                 "Stripe will redeliver later.", retry_after=60)
+        raise ServiceUnavailable(
+            "Stripe webhooks are switched off (STRIPE_WEBHOOK_ENABLED=false); Stripe will redeliver later.",
+            retry_after=60,
+        )
     payload = await request.body()
     try:
         return verifier.verify(payload, stripe_signature)

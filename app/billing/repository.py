@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Collection
 
 import sqlalchemy.exc
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.billing.models import BillingAccount, Payment
+from app.billing.models import BillingAccount, BillingSubscription, Payment
 
 # Plain statements: compiled once, no per-call construct building on the hot path.
 _CLAIM_EVENT = text(
@@ -40,6 +41,22 @@ class UnknownUser(Exception):
     """The user id names no account (the foreign key refused it)."""
 
 
+class SubscriptionOfAnotherCustomer(Exception):
+    """The subscription id is already stored for another customer."""
+
+
+def _subscription_row(customer_id: str, subscription_id: str | None) -> tuple[ColumnElement[bool], ...]:
+    if subscription_id is None:
+        return (
+            BillingSubscription.stripe_customer_id == customer_id,
+            BillingSubscription.stripe_subscription_id.is_(None),
+        )
+    return (
+        BillingSubscription.stripe_subscription_id == subscription_id,
+        BillingSubscription.stripe_customer_id == customer_id,
+    )
+
+
 FOREIGN_KEY_VIOLATION = "23503"
 
 
@@ -53,71 +70,171 @@ class BillingRepository:
         result = await self.session.execute(_CLAIM_EVENT, {"id": event_id, "type": type_, "created": created})
         return result.scalar_one_or_none() is not None
 
-    async def claim_and_pay(self, *, event_id: str, type_: str, created: dt.datetime, invoice_id: str,
-                            customer_id: str, amount_minor: int, currency: str,
-                            paid_at: dt.datetime) -> tuple[bool, bool]:
+    async def claim_and_pay(
+        self,
+        *,
+        event_id: str,
+        type_: str,
+        created: dt.datetime,
+        invoice_id: str,
+        customer_id: str,
+        amount_minor: int,
+        currency: str,
+        paid_at: dt.datetime,
+    ) -> tuple[bool, bool]:
         """Record the event and its payment in one atomic statement: (claimed, payment_added)."""
-        row = (await self.session.execute(_CLAIM_AND_PAY, {
-            "id": event_id, "type": type_, "created": created, "invoice_id": invoice_id,
-            "customer": customer_id, "amount": amount_minor, "currency": currency, "paid_at": paid_at,
-        })).one()
+        row = (
+            await self.session.execute(
+                _CLAIM_AND_PAY,
+                {
+                    "id": event_id,
+                    "type": type_,
+                    "created": created,
+                    "invoice_id": invoice_id,
+                    "customer": customer_id,
+                    "amount": amount_minor,
+                    "currency": currency,
+                    "paid_at": paid_at,
+                },
+            )
+        ).one()
         return bool(row.claimed), bool(row.paid)
 
-    async def ensure_account(self, customer_id: str) -> None:
-        stmt = insert(BillingAccount).values(stripe_customer_id=customer_id).on_conflict_do_nothing()
-        await self.session.execute(stmt)
+    async def lock_account(self, customer_id: str) -> bool:
+        """Create the customer's account row if needed and lock it for this transaction, so every state
+        change of one customer (its link, its subscriptions) is serialised. Returns whether the customer
+        has an unidentified subscription row."""
+        await self.session.execute(
+            insert(BillingAccount).values(stripe_customer_id=customer_id).on_conflict_do_nothing()
+        )
+        has_unidentified = (
+            select(BillingSubscription.id)
+            .where(
+                BillingSubscription.stripe_customer_id == customer_id,
+                BillingSubscription.stripe_subscription_id.is_(None),
+            )
+            .exists()
+        )
+        stmt = (
+            select(has_unidentified)
+            .where(BillingAccount.stripe_customer_id == customer_id)
+            .with_for_update(of=BillingAccount)
+        )
+        return bool((await self.session.execute(stmt)).scalar_one())
 
     async def link_user(self, *, customer_id: str, user_id: uuid.UUID) -> None:
+        """Link the (existing, locked) customer to the user."""
         # A user has one current customer: detach any other first (unique user_id).
         await self.session.execute(
             update(BillingAccount)
             .where(BillingAccount.user_id == user_id, BillingAccount.stripe_customer_id != customer_id)
             .values(user_id=None)
         )
-        await self.ensure_account(customer_id)
         try:
             await self.session.execute(
-                update(BillingAccount).where(BillingAccount.stripe_customer_id == customer_id).values(user_id=user_id)
+                update(BillingAccount)
+                .where(BillingAccount.stripe_customer_id == customer_id)
+                .values(user_id=user_id)
             )
         except sqlalchemy.exc.IntegrityError as exc:
             if getattr(exc.orig, "sqlstate", None) == FOREIGN_KEY_VIOLATION:
                 raise UnknownUser() from None
             raise
 
-    async def set_status_if_newer(self, *, customer_id: str, status: str, event_at: dt.datetime,
-                                  current_period_end: dt.datetime | None) -> str:
-        """Apply a status unless a newer event already set one (out-of-order delivery).
+    async def set_status_if_newer(
+        self,
+        *,
+        customer_id: str,
+        subscription_id: str | None,
+        status: str,
+        event_at: dt.datetime,
+        current_period_end: dt.datetime | None,
+    ) -> str:
+        """Apply a subscription's status unless a newer event already set one (out-of-order delivery).
 
-        Returns ``applied``, ``tie`` (applied, but the stored status came from an event created in the
-        same second, which Stripe's timestamps cannot order) or ``older`` (not applied). The account
-        row is locked, so concurrent deliveries for one customer are serialised.
+        ``subscription_id=None`` is the customer's unidentified subscription row. Returns ``applied``,
+        ``tie`` (applied, but the stored status came from an event created in the same second, which
+        Stripe's timestamps cannot order) or ``older`` (not applied). The subscription's row is read
+        with ``FOR UPDATE``, so concurrent deliveries for one subscription are serialised.
         """
-        await self.ensure_account(customer_id)
-        stored = (
-            await self.session.execute(
-                select(BillingAccount.status_event_at)
-                .where(BillingAccount.stripe_customer_id == customer_id)
-                .with_for_update()
-            )
-        ).scalar_one()
-        if stored is not None and stored > event_at:
+        where = _subscription_row(customer_id, subscription_id)
+        stored = await self._locked_event_at(where)
+        if stored is None:
+            values = {
+                "stripe_subscription_id": subscription_id,
+                "stripe_customer_id": customer_id,
+                "status": status,
+                "status_event_at": event_at,
+                "current_period_end": current_period_end,
+            }
+            inserted = (
+                await self.session.execute(
+                    insert(BillingSubscription)
+                    .values(**values)
+                    .on_conflict_do_nothing()
+                    .returning(BillingSubscription.id)
+                )
+            ).scalar_one_or_none()
+            if inserted is not None:
+                return "applied"
+            stored = await self._locked_event_at(where)  # a concurrent first delivery created it meanwhile
+            if stored is None:  # the id is stored under another customer: Stripe never moves a subscription
+                raise SubscriptionOfAnotherCustomer()
+        if stored > event_at:
             return "older"
-        values: dict[str, object] = {"status": status, "status_event_at": event_at,
-                                     "updated_at": dt.datetime.now(dt.UTC)}
+        changes: dict[str, object] = {"status": status, "status_event_at": event_at, "updated_at": func.now()}
         if current_period_end is not None:
-            values["current_period_end"] = current_period_end
-        await self.session.execute(
-            update(BillingAccount).where(BillingAccount.stripe_customer_id == customer_id).values(**values)
-        )
+            changes["current_period_end"] = current_period_end
+        await self.session.execute(update(BillingSubscription).where(*where).values(**changes))
         return "tie" if stored == event_at else "applied"
 
-    async def account_for_user(self, user_id: uuid.UUID) -> BillingAccount | None:
-        return (
-            await self.session.execute(select(BillingAccount).where(BillingAccount.user_id == user_id))
-        ).scalar_one_or_none()
+    async def _locked_event_at(self, where: tuple[ColumnElement[bool], ...]) -> dt.datetime | None:
+        stmt = select(BillingSubscription.status_event_at).where(*where).with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
 
-    async def payments_page(self, *, user_id: uuid.UUID, limit: int,
-                            after: tuple[dt.datetime, uuid.UUID] | None) -> list[Payment]:
+    async def newest_identified_change(
+        self, *, customer_id: str, excluding: Collection[str]
+    ) -> dt.datetime | None:
+        """The newest event time among the customer's identified subscriptions whose status is not in
+        ``excluding``."""
+        stmt = select(func.max(BillingSubscription.status_event_at)).where(
+            BillingSubscription.stripe_customer_id == customer_id,
+            BillingSubscription.stripe_subscription_id.is_not(None),
+            BillingSubscription.status.not_in(list(excluding)),
+        )
+        return (await self.session.execute(stmt)).scalar_one()
+
+    async def retire_unidentified(self, *, customer_id: str, up_to: dt.datetime) -> None:
+        """Delete the customer's unidentified subscription row if its state is not newer than ``up_to``."""
+        await self.session.execute(
+            delete(BillingSubscription).where(
+                *_subscription_row(customer_id, None), BillingSubscription.status_event_at <= up_to
+            )
+        )
+
+    async def subscription_for_user(
+        self, *, user_id: uuid.UUID, speaking_first: Collection[str]
+    ) -> tuple[str, dt.datetime | None] | None:
+        """(status, current_period_end) of the subscription that speaks for the user: one whose status is
+        in ``speaking_first`` if any, else the most recently changed (by event time); None without any."""
+        stmt = (
+            select(BillingSubscription.status, BillingSubscription.current_period_end)
+            .join(BillingAccount, BillingAccount.stripe_customer_id == BillingSubscription.stripe_customer_id)
+            .where(BillingAccount.user_id == user_id)
+            .order_by(
+                BillingSubscription.status.in_(list(speaking_first)).desc(),
+                BillingSubscription.status_event_at.desc(),
+                BillingSubscription.updated_at.desc(),
+                BillingSubscription.id,
+            )
+            .limit(1)
+        )
+        row = (await self.session.execute(stmt)).one_or_none()
+        return (row.status, row.current_period_end) if row is not None else None
+
+    async def payments_page(
+        self, *, user_id: uuid.UUID, limit: int, after: tuple[dt.datetime, uuid.UUID] | None
+    ) -> list[Payment]:
         """Newest first, keyset-paginated on (paid_at, id)."""
         stmt = (
             select(Payment)
@@ -126,6 +243,8 @@ class BillingRepository:
         )
         if after is not None:
             paid_at, pid = after
-            stmt = stmt.where(or_(Payment.paid_at < paid_at, and_(Payment.paid_at == paid_at, Payment.id < pid)))
+            stmt = stmt.where(
+                or_(Payment.paid_at < paid_at, and_(Payment.paid_at == paid_at, Payment.id < pid))
+            )
         stmt = stmt.order_by(Payment.paid_at.desc(), Payment.id.desc()).limit(limit)
         return list((await self.session.execute(stmt)).scalars())

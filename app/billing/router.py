@@ -10,8 +10,8 @@ from app.auth.deps import CurrentUser
 from app.billing import service
 from app.billing.deps import VerifiedStripeEvent
 from app.billing.schemas import PaymentsPage, SubscriptionOut, WebhookAck
-from app.core.deps import DatabaseDep, SessionDep
-from app.core.errors import BadRequest, Unprocessable
+from app.core.deps import DatabaseDep, SessionDep, SettingsDep
+from app.core.errors import Unprocessable
 
 router = APIRouter(tags=["billing"])
 
@@ -20,7 +20,10 @@ router = APIRouter(tags=["billing"])
     "/webhooks/stripe",
     response_model=WebhookAck,
     summary="Stripe webhook: verified, applied exactly once",
-    responses={400: {"description": "Bad, missing or stale signature"}, 503: {"description": "Kill switch on"}},
+    responses={
+        400: {"description": "Bad, missing or stale signature"},
+        503: {"description": "Kill switch on"},
+    },
 )
 async def stripe_webhook(event: VerifiedStripeEvent, database: DatabaseDep) -> WebhookAck:
     try:
@@ -28,7 +31,8 @@ async def stripe_webhook(event: VerifiedStripeEvent, database: DatabaseDep) -> W
     except service.UnprocessableEvent as exc:
         raise Unprocessable(
             f"Event {event.id} ({event.type}) cannot be applied: {exc.field} {exc.reason}. Nothing was "
-            "recorded; Stripe will redeliver.", errors=[{"field": exc.field, "message": exc.reason}],
+            "recorded; Stripe will redeliver.",
+            errors=[{"field": exc.field, "message": exc.reason}],
         ) from None
     return WebhookAck(received=True, duplicate=outcome == "duplicate")
 
@@ -42,9 +46,12 @@ async def get_subscription(user: CurrentUser, session: SessionDep) -> Subscripti
 async def list_payments(
     user: CurrentUser,
     session: SessionDep,
+    settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="next_cursor of the previous page")
+    ] = None,
 ) -> PaymentsPage:
-    if cursor == "":
-        raise BadRequest("cursor must not be empty")
-    return await service.list_payments(session=session, user_id=user.id, limit=limit, cursor=cursor)
+    return await service.list_payments(
+        session=session, settings=settings, user_id=user.id, limit=limit, cursor=cursor
+    )

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import hmac
 import logging
+import re
+import struct
 import uuid
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.billing.repository import BillingRepository, UnknownUser
+from app.billing.repository import BillingRepository, SubscriptionOfAnotherCustomer, UnknownUser
 from app.billing.schemas import PaymentOut, PaymentsPage, SubscriptionOut
+from app.core.config import Settings
 from app.core.db import Database
-from app.core.errors import BadRequest
+from app.core.errors import Unprocessable
 from app.core.observability import WEBHOOK_EVENTS
 from app.providers.stripe import StripeEvent
 
@@ -26,6 +31,12 @@ THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
 SUBSCRIPTION_STATUSES = frozenset(
     "active past_due canceled trialing unpaid incomplete incomplete_expired paused".split()
 )
+# A user is paying while any of their subscriptions is in one of these; else the most recently changed
+# subscription speaks for them.
+PAYING_STATUSES = frozenset({"active", "trialing"})
+# A subscription in one of these never started (its first payment never succeeded: an abandoned
+# checkout). It cannot tell what became of the subscription an unidentified row stands for.
+NEVER_STARTED = frozenset({"incomplete", "incomplete_expired"})
 
 
 def format_amount(amount_minor: int, currency: str) -> str:
@@ -46,6 +57,20 @@ def _customer_id(obj: dict[str, Any]) -> str | None:
     if isinstance(customer, dict):
         customer = customer.get("id")
     return customer if isinstance(customer, str) and 0 < len(customer) <= 255 else None
+
+
+def _checkout_subscription(obj: dict[str, Any]) -> tuple[str | None, dt.datetime | None]:
+    """The checkout's subscription id (None if it names none) and, when expanded, its period end."""
+    value = obj.get("subscription")
+    if value is None:
+        return None, None
+    period_end = None
+    if isinstance(value, dict):
+        period_end = _period_end(value)
+        value = value.get("id")
+    if not isinstance(value, str) or not 0 < len(value) <= 255:
+        raise UnprocessableEvent("data.object.subscription", "not a subscription id or subscription object")
+    return value, period_end
 
 
 def _period_end(obj: dict[str, Any]) -> dt.datetime | None:
@@ -92,22 +117,28 @@ async def handle_event(*, database: Database, event: StripeEvent) -> str:
             payment = _payment(event, created)
             async with database.own_transaction(single_statement=True) as session:
                 claimed, paid = await BillingRepository(session).claim_and_pay(
-                    event_id=event.id, type_=event.type, created=created, **payment)
+                    event_id=event.id, type_=event.type, created=created, **payment
+                )
             outcome = "duplicate" if not claimed else "processed" if paid else "ignored"
         else:
             async with database.own_transaction(single_statement=True) as session:
                 claimed = await BillingRepository(session).claim_event(
-                    event_id=event.id, type_=event.type, created=created)
+                    event_id=event.id, type_=event.type, created=created
+                )
             outcome = "ignored" if claimed else "duplicate"
     except UnprocessableEvent as exc:
         WEBHOOK_EVENTS.labels(event.type, "unprocessable").inc()
-        log.error("stripe event not applicable; refused, nothing recorded",
-                  extra={"event_id": event.id, "event_type": event.type, "field": exc.field, "reason": exc.reason})
+        log.error(
+            "stripe event not applicable; refused, nothing recorded",
+            extra={"event_id": event.id, "event_type": event.type, "field": exc.field, "reason": exc.reason},
+        )
         raise
     except Exception:
         WEBHOOK_EVENTS.labels(event.type, "failed").inc()
-        log.error("stripe event failed; nothing recorded, Stripe will redeliver",
-                  extra={"event_id": event.id, "event_type": event.type})
+        log.error(
+            "stripe event failed; nothing recorded, Stripe will redeliver",
+            extra={"event_id": event.id, "event_type": event.type},
+        )
         raise
     WEBHOOK_EVENTS.labels(event.type, outcome).inc()
     log.info("stripe event", extra={"event_id": event.id, "event_type": event.type, "outcome": outcome})
@@ -127,8 +158,13 @@ def _payment(event: StripeEvent, created: dt.datetime) -> dict[str, Any]:
     if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
         raise UnprocessableEvent("data.object.currency", "must be a three-letter currency code")
     paid_at = _ts((obj.get("status_transitions") or {}).get("paid_at")) or created
-    return {"invoice_id": invoice_id, "customer_id": customer, "amount_minor": amount,
-            "currency": currency.lower(), "paid_at": paid_at}
+    return {
+        "invoice_id": invoice_id,
+        "customer_id": customer,
+        "amount_minor": amount,
+        "currency": currency.lower(),
+        "paid_at": paid_at,
+    }
 
 
 async def _apply_stateful(repo: BillingRepository, event: StripeEvent, created: dt.datetime) -> bool:
@@ -143,72 +179,165 @@ async def _apply_stateful(repo: BillingRepository, event: StripeEvent, created: 
             raise UnprocessableEvent("data.object.customer", "missing or not a customer id")
         if user_id is None:
             raise UnprocessableEvent("data.object.client_reference_id", "missing or not a user id")
+        subscription, period_end = _checkout_subscription(obj)
+        has_unidentified = await repo.lock_account(customer)
         try:
             await repo.link_user(customer_id=customer, user_id=user_id)
         except UnknownUser:
             raise UnprocessableEvent("data.object.client_reference_id", "names no user") from None
-        await _set_status(repo, event, customer, "active", created, None)
+        await _set_status(
+            repo, event, customer, subscription, "active", created, period_end, has_unidentified
+        )
         return True
 
     if event.type in ("customer.subscription.updated", "customer.subscription.deleted"):
-        customer, status = _customer_id(obj), obj.get("status")
+        customer, subscription, status = _customer_id(obj), obj.get("id"), obj.get("status")
         if event.type == "customer.subscription.deleted" and status not in SUBSCRIPTION_STATUSES:
             status = "canceled"
         if customer is None:
             raise UnprocessableEvent("data.object.customer", "missing or not a customer id")
+        if not isinstance(subscription, str) or not 0 < len(subscription) <= 255:
+            raise UnprocessableEvent("data.object.id", "missing or not a subscription id")
         if status not in SUBSCRIPTION_STATUSES:
-            raise UnprocessableEvent("data.object.status", f"unknown subscription status {str(status)[:40]!r}")
-        return await _set_status(repo, event, customer, status, created, _period_end(obj))
+            raise UnprocessableEvent(
+                "data.object.status", f"unknown subscription status {str(status)[:40]!r}"
+            )
+        has_unidentified = await repo.lock_account(customer)
+        return await _set_status(
+            repo, event, customer, subscription, status, created, _period_end(obj), has_unidentified
+        )
     return False
 
 
-async def _set_status(repo: BillingRepository, event: StripeEvent, customer: str, status: str,
-                      created: dt.datetime, period_end: dt.datetime | None) -> bool:
-    result = await repo.set_status_if_newer(customer_id=customer, status=status, event_at=created,
-                                            current_period_end=period_end)
+async def _set_status(
+    repo: BillingRepository,
+    event: StripeEvent,
+    customer: str,
+    subscription: str | None,
+    status: str,
+    created: dt.datetime,
+    period_end: dt.datetime | None,
+    has_unidentified: bool,
+) -> bool:
+    """Apply one subscription's status in event order (the customer's account row is locked)."""
+    if subscription is None:
+        # A status whose subscription we do not know yields to any identified subscription that started
+        # and changed since: that is the better-informed state.
+        newest = await repo.newest_identified_change(customer_id=customer, excluding=NEVER_STARTED)
+        result = (
+            "older"
+            if newest is not None and newest >= created
+            else await repo.set_status_if_newer(
+                customer_id=customer,
+                subscription_id=None,
+                status=status,
+                event_at=created,
+                current_period_end=period_end,
+            )
+        )
+    else:
+        try:
+            result = await repo.set_status_if_newer(
+                customer_id=customer,
+                subscription_id=subscription,
+                status=status,
+                event_at=created,
+                current_period_end=period_end,
+            )
+        except SubscriptionOfAnotherCustomer:
+            raise UnprocessableEvent(
+                "data.object.customer", "is not the customer of this subscription"
+            ) from None
+        if result != "older" and has_unidentified and status not in NEVER_STARTED:
+            await repo.retire_unidentified(customer_id=customer, up_to=created)
     if result == "older":
         log.info("older subscription event ignored", extra={"event_id": event.id, "event_type": event.type})
     elif result == "tie":
-        # Stripe's `created` has one-second resolution: two changes in the same second cannot be ordered
-        # from the payloads. The later delivery wins; say so, so an operator can check it in Stripe.
-        log.warning("two subscription events in the same second; the last delivered status is kept",
-                    extra={"event_id": event.id, "event_type": event.type, "status": status})
+        # Stripe's `created` has one-second resolution: two changes of one subscription in the same
+        # second cannot be ordered from the payloads. The later delivery wins; say so, so an operator
+        # can check it in Stripe.
+        log.warning(
+            "two subscription events in the same second; the last delivered status is kept",
+            extra={"event_id": event.id, "event_type": event.type, "status": status},
+        )
     return result != "older"
 
 
 async def subscription_status(*, session: AsyncSession, user_id: uuid.UUID) -> str:
     """The user's subscription status (``none`` before any checkout)."""
-    account = await BillingRepository(session).account_for_user(user_id)
-    return account.status if account else "none"
+    return (await get_subscription(session=session, user_id=user_id)).status
 
 
 async def get_subscription(*, session: AsyncSession, user_id: uuid.UUID) -> SubscriptionOut:
-    """The user's subscription state."""
-    account = await BillingRepository(session).account_for_user(user_id)
-    if account is None:
+    """The status and period end of the subscription that speaks for the user."""
+    found = await BillingRepository(session).subscription_for_user(
+        user_id=user_id, speaking_first=PAYING_STATUSES
+    )
+    if found is None:
         return SubscriptionOut(status="none", current_period_end=None)
-    return SubscriptionOut(status=account.status, current_period_end=account.current_period_end)
+    status, period_end = found
+    return SubscriptionOut(status=status, current_period_end=period_end)
 
 
-def _encode_cursor(paid_at: dt.datetime, pid: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{paid_at.isoformat()}|{pid}".encode()).decode().rstrip("=")
+# Payments cursors are signed: the server only ever reads back the (paid_at, id) position it issued,
+# for the user it issued it to, so no client-chosen value reaches a query. The key is derived from
+# JWT_SECRET under its own label (never the signing key itself).
+_CURSOR_KEY_LABEL = b"tradedesk/billing/payments-cursor/v1"
+_CURSOR = struct.Struct(">q16s")  # paid_at in microseconds since the epoch, payment id
+_CURSOR_TAG_BYTES = 24  # 8 + 16 + 24 = 48 bytes: exactly 64 base64url characters, no padding bits
+_CURSOR_PATTERN = re.compile(r"[A-Za-z0-9_-]{64}")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, pid = raw.split("|", 1)
-        return dt.datetime.fromisoformat(stamp), uuid.UUID(pid)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("The cursor is invalid; pass the next_cursor of a previous page.",
-                         errors=[{"field": "query.cursor", "message": "invalid cursor"}]) from None
+def _cursor_key(settings: Settings) -> bytes:
+    return hmac.new(
+        settings.jwt_secret.get_secret_value().encode(), _CURSOR_KEY_LABEL, hashlib.sha256
+    ).digest()
 
 
-async def list_payments(*, session: AsyncSession, user_id: uuid.UUID, limit: int, cursor: str | None) -> PaymentsPage:
+def _cursor_tag(key: bytes, user_id: uuid.UUID, body: bytes) -> bytes:
+    return hmac.new(key, user_id.bytes + body, hashlib.sha256).digest()[:_CURSOR_TAG_BYTES]
+
+
+def _encode_cursor(key: bytes, user_id: uuid.UUID, paid_at: dt.datetime, pid: uuid.UUID) -> str:
+    body = _CURSOR.pack((paid_at - _EPOCH) // dt.timedelta(microseconds=1), pid.bytes)
+    return base64.urlsafe_b64encode(body + _cursor_tag(key, user_id, body)).decode()
+
+
+def _decode_cursor(key: bytes, user_id: uuid.UUID, cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    invalid = Unprocessable(
+        "The cursor is invalid: pass the next_cursor of a previous page, unchanged, as the same user.",
+        errors=[{"field": "query.cursor", "message": "not a cursor this server issued to you"}],
+    )
+    if not _CURSOR_PATTERN.fullmatch(cursor):
+        raise invalid
+    raw = base64.urlsafe_b64decode(cursor)
+    body, tag = raw[: _CURSOR.size], raw[_CURSOR.size :]
+    if not hmac.compare_digest(tag, _cursor_tag(key, user_id, body)):
+        raise invalid
+    micros, pid = _CURSOR.unpack(body)
+    try:  # only values this server signed get here; checked all the same
+        return _EPOCH + dt.timedelta(microseconds=micros), uuid.UUID(bytes=pid)
+    except (OverflowError, ValueError):
+        raise invalid from None
+
+
+async def list_payments(
+    *, session: AsyncSession, settings: Settings, user_id: uuid.UUID, limit: int, cursor: str | None
+) -> PaymentsPage:
     """The user's payments, newest first."""
-    after = _decode_cursor(cursor) if cursor else None
+    key = _cursor_key(settings)
+    after = _decode_cursor(key, user_id, cursor) if cursor is not None else None
     rows = await BillingRepository(session).payments_page(user_id=user_id, limit=limit + 1, after=after)
     page, more = rows[:limit], len(rows) > limit
-    items = [PaymentOut(invoice_id=p.invoice_id, amount=format_amount(p.amount_minor, p.currency),
-                        currency=p.currency, paid_at=p.paid_at) for p in page]
-    return PaymentsPage(items=items, next_cursor=_encode_cursor(page[-1].paid_at, page[-1].id) if more else None)
+    items = [
+        PaymentOut(
+            invoice_id=p.invoice_id,
+            amount=format_amount(p.amount_minor, p.currency),
+            currency=p.currency,
+            paid_at=p.paid_at,
+        )
+        for p in page
+    ]
+    next_cursor = _encode_cursor(key, user_id, page[-1].paid_at, page[-1].id) if more else None
+    return PaymentsPage(items=items, next_cursor=next_cursor)

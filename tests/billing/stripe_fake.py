@@ -12,7 +12,9 @@ import stripe
 from tests.support.settings import TEST_WEBHOOK_SECRET
 
 
-def event(type_: str, obj: dict[str, Any], *, event_id: str | None = None, created: int | None = None) -> dict[str, Any]:
+def event(
+    type_: str, obj: dict[str, Any], *, event_id: str | None = None, created: int | None = None
+) -> dict[str, Any]:
     return {
         "id": event_id or f"evt_{uuid.uuid4().hex[:24]}",
         "object": "event",
@@ -24,24 +26,48 @@ def event(type_: str, obj: dict[str, Any], *, event_id: str | None = None, creat
     }
 
 
-def signed(evt: dict[str, Any], *, secret: str = TEST_WEBHOOK_SECRET, timestamp: int | None = None) -> tuple[bytes, dict[str, str]]:
+def signed(
+    evt: dict[str, Any], *, secret: str = TEST_WEBHOOK_SECRET, timestamp: int | None = None
+) -> tuple[bytes, dict[str, str]]:
     payload = json.dumps(evt, separators=(",", ":"))
     header = stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp=timestamp)
     return payload.encode(), {"Stripe-Signature": header, "Content-Type": "application/json"}
 
 
-def invoice_paid(customer: str, invoice_id: str, amount: int, currency: str = "usd", **kw: Any) -> dict[str, Any]:
-    return event("invoice.paid", {"object": "invoice", "id": invoice_id, "customer": customer,
-                                  "amount_paid": amount, "currency": currency, "status": "paid"}, **kw)
+def invoice_paid(
+    customer: str, invoice_id: str, amount: int, currency: str = "usd", **kw: Any
+) -> dict[str, Any]:
+    return event(
+        "invoice.paid",
+        {
+            "object": "invoice",
+            "id": invoice_id,
+            "customer": customer,
+            "amount_paid": amount,
+            "currency": currency,
+            "status": "paid",
+        },
+        **kw,
+    )
 
 
 def checkout_completed(customer: str, user_id: str, **kw: Any) -> dict[str, Any]:
-    return event("checkout.session.completed", {"object": "checkout.session", "id": f"cs_{uuid.uuid4().hex[:12]}",
-                                                "customer": customer, "client_reference_id": user_id,
-                                                "mode": "subscription"}, **kw)
+    return event(
+        "checkout.session.completed",
+        {
+            "object": "checkout.session",
+            "id": f"cs_{uuid.uuid4().hex[:12]}",
+            "customer": customer,
+            "client_reference_id": user_id,
+            "mode": "subscription",
+        },
+        **kw,
+    )
 
 
-def subscription(type_: str, customer: str, status: str, *, period_end: int | None = None, **kw: Any) -> dict[str, Any]:
+def subscription(
+    type_: str, customer: str, status: str, *, period_end: int | None = None, **kw: Any
+) -> dict[str, Any]:
     obj: dict[str, Any] = {"object": "subscription", "id": "sub_123", "customer": customer, "status": status}
     if period_end:
         obj["items"] = {"data": [{"id": "si_1", "current_period_end": period_end}]}

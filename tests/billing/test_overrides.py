@@ -24,7 +24,9 @@ class TrustHeaderVerifier:
             raise InvalidSignature("not the word")
         raw = json.loads(payload)
         self.seen.append(raw["id"])
-        return StripeEvent(id=raw["id"], type=raw["type"], created=raw["created"], data_object=raw["data"]["object"])
+        return StripeEvent(
+            id=raw["id"], type=raw["type"], created=raw["created"], data_object=raw["data"]["object"]
+        )
 
 
 def _override(verifier: WebhookVerifier):
@@ -55,6 +57,8 @@ async def test_kill_switch_answers_before_any_verifier_runs(make_client) -> None
     verifier = TrustHeaderVerifier("swordfish")
     client = await make_client(app_hook=_override(verifier), stripe_webhook_enabled=False)
     evt = sf.invoice_paid("cus_off", "in_off", 100)
-    r = await client.post(WEBHOOK, content=json.dumps(evt).encode(), headers={"Stripe-Signature": "swordfish"})
+    r = await client.post(
+        WEBHOOK, content=json.dumps(evt).encode(), headers={"Stripe-Signature": "swordfish"}
+    )
     assert r.status_code == 503 and r.headers["retry-after"]
     assert verifier.seen == []
