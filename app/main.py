@@ -119,6 +119,9 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # A path with a trailing slash is a 404 problem, never a redirect to another URL (a symbol ending
+        # in an encoded '/' would otherwise be bounced to a different route).
+        redirect_slashes=False,
     )
     app.state.settings = settings
     install_error_handlers(app)

@@ -127,7 +127,7 @@ SHARED_STATE_FALLBACKS = Counter(
 )
 MARKET_DATA_CACHE = Counter(
     "market_data_cache_total",
-    "Market-data cache answers by kind (quote, bars) and result (HIT, MISS, STALE, ERROR).",
+    "Market-data cache answers by kind (quote, bars) and result (HIT, MISS, STALE, ERROR, NOT_FOUND).",
     ["kind", "result"],
 )
 

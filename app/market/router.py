@@ -1,9 +1,10 @@
-"""GET /v1/market-data/quotes/{symbol} and /bars/{symbol}: no login; X-Cache: HIT|MISS|STALE."""
+"""GET /v1/market-data/quotes/{symbol} and /bars/{symbol}: no login; X-Cache: HIT|MISS|STALE (also on a
+404 for an unknown symbol: HIT when it came from the cached "not found")."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.market import service
 from app.market.deps import MarketDataDep
@@ -23,10 +24,16 @@ router = APIRouter(prefix="/market-data", tags=["market data"])
 
 
 _RESPONSES: dict[int | str, dict[str, object]] = {
-    200: {"headers": {"X-Cache": {"description": "HIT, MISS or STALE (provider failing; cached copy served)",
-                                  "schema": {"type": "string"}}}},
-    404: {"description": "The provider knows no such symbol"},
-    422: {"description": "Invalid symbol, timeframe, start/end or limit"},
+    200: {
+        "headers": {
+            "X-Cache": {
+                "description": "HIT, MISS or STALE (provider failing; cached copy served)",
+                "schema": {"type": "string"},
+            }
+        }
+    },
+    404: {"description": "The provider knows no such symbol (cached for a minute)"},
+    422: {"description": "Invalid symbol, timeframe, start/end (1970-01-01 to now + 1 day) or limit"},
     503: {"description": "Provider unavailable and no cached copy (with Retry-After)"},
 }
 
@@ -46,7 +53,9 @@ async def get_bars(
     start: StartQuery = None,
     end: EndQuery = None,
     limit: LimitQuery = DEFAULT_BARS_LIMIT,
-) -> JSONResponse:
-    query = service.bars_query(symbol=symbol, timeframe=timeframe, start=start, end=end, limit=limit)
-    value, status = await service.get_bars(market=market, query=query)
-    return JSONResponse(value, headers={"X-Cache": status.value})
+) -> Response:
+    body, status = await service.get_bars(
+        market=market, symbol=symbol, timeframe=timeframe, start=start, end=end, limit=limit
+    )
+    # The body is built once per upstream fetch (off the event loop when large) and cached as is.
+    return Response(body, media_type="application/json", headers={"X-Cache": status.value})

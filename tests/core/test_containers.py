@@ -29,6 +29,8 @@ def test_compose_has_app_migrate_postgres_redis_with_healthchecks() -> None:
     assert {"app", "migrate", "postgres", "redis"} <= set(services)
     assert services["postgres"]["image"].startswith("postgres:16")
     assert services["redis"]["image"].startswith("redis:7")
+    command = services["redis"]["command"]  # bounded memory; evict only keys that expire (docs/outbound.md)
+    assert command[command.index("--maxmemory-policy") + 1] == "volatile-lru" and "--maxmemory" in command
     for name in ("postgres", "redis", "app"):
         assert "healthcheck" in services[name], name
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]

@@ -68,8 +68,9 @@ async def test_in_process_single_flight_and_failure_shared_by_waiters() -> None:
     assert up.calls == 1 and {r for r in results} == {(1, CacheStatus.MISS)}
 
     up.fail = UpstreamTimeout("test")
-    outcomes = await asyncio.gather(*(cache.get_or_fetch("quote", "other", up.fetch(2)) for _ in range(20)),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(cache.get_or_fetch("quote", "other", up.fetch(2)) for _ in range(20)), return_exceptions=True
+    )
     assert up.calls == 2 and all(isinstance(o, UpstreamTimeout) for o in outcomes)
 
 
@@ -107,7 +108,9 @@ async def test_stale_only_within_the_stale_window() -> None:
 async def test_redis_l1_never_serves_past_the_fresh_window(require_redis: str) -> None:
     redis = aioredis.from_url(require_redis)
     try:
-        cache = MarketDataCache(namespace="test:md", provider="test", fresh_seconds=1, fetch_timeout=1, redis=redis)
+        cache = MarketDataCache(
+            namespace="test:md", provider="test", fresh_seconds=1, fetch_timeout=1, redis=redis
+        )
         up = Upstream()
         assert await cache.get_or_fetch("quote", "k", up.fetch("v1")) == ("v1", CacheStatus.MISS)
         assert await cache.get_or_fetch("quote", "k", up.fetch("v1")) == ("v1", CacheStatus.HIT)
@@ -123,7 +126,9 @@ async def test_redis_l1_never_serves_past_the_fresh_window(require_redis: str) -
 async def test_l1_answers_hot_keys_without_redis_round_trips(require_redis: str) -> None:
     redis = aioredis.from_url(require_redis)
     try:
-        cache = MarketDataCache(namespace="test:md", provider="test", fresh_seconds=60, fetch_timeout=1, redis=redis)
+        cache = MarketDataCache(
+            namespace="test:md", provider="test", fresh_seconds=60, fetch_timeout=1, redis=redis
+        )
         up = Upstream()
         await cache.get_or_fetch("quote", "k", up.fetch("v1"))
         await redis.delete("test:md:v:quote:k")  # if the next answer is a HIT it came from L1

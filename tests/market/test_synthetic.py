@@ -20,9 +20,13 @@ def provider(now: float = NOW) -> SyntheticProvider:
     return SyntheticProvider(clock=lambda: now)
 
 
-def query(symbol: str = "AAPL", timeframe: Timeframe = Timeframe.MIN_5, limit: int = 500,
-          start: dt.datetime = dt.datetime(2025, 5, 1, tzinfo=UTC),
-          end: dt.datetime = dt.datetime(2025, 6, 1, tzinfo=UTC)) -> BarsQuery:
+def query(
+    symbol: str = "AAPL",
+    timeframe: Timeframe = Timeframe.MIN_5,
+    limit: int = 500,
+    start: dt.datetime = dt.datetime(2025, 5, 1, tzinfo=UTC),
+    end: dt.datetime = dt.datetime(2025, 6, 1, tzinfo=UTC),
+) -> BarsQuery:
     return BarsQuery(symbol=symbol, timeframe=timeframe, start=start, end=end, limit=limit)
 
 
@@ -44,8 +48,15 @@ async def test_overlapping_queries_agree_bar_for_bar() -> None:
 @pytest.mark.parametrize("symbol", ["AAPL", "MSFT", "BRK.B", "X", "ZZZZZZZZZZ", "A1"])
 @pytest.mark.parametrize("timeframe", list(Timeframe))
 async def test_ohlc_valid_with_volume_aligned_ascending(symbol: str, timeframe: Timeframe) -> None:
-    bars = await provider().bars(query(symbol, timeframe, limit=300, start=dt.datetime(2024, 1, 1, tzinfo=UTC),
-                                       end=dt.datetime(2025, 6, 1, tzinfo=UTC)))
+    bars = await provider().bars(
+        query(
+            symbol,
+            timeframe,
+            limit=300,
+            start=dt.datetime(2024, 1, 1, tzinfo=UTC),
+            end=dt.datetime(2025, 6, 1, tzinfo=UTC),
+        )
+    )
     assert len(bars) == 300
     step = dt.timedelta(seconds=timeframe.seconds)
     for prev, bar in zip(bars, bars[1:], strict=False):
@@ -60,8 +71,15 @@ async def test_ohlc_valid_with_volume_aligned_ascending(symbol: str, timeframe: 
 
 async def test_walk_is_random_walk_like() -> None:
     p = provider()
-    bars = await p.bars(query("AAPL", Timeframe.HOUR_1, limit=5000, start=dt.datetime(2024, 1, 1, tzinfo=UTC),
-                              end=dt.datetime(2025, 6, 1, tzinfo=UTC)))
+    bars = await p.bars(
+        query(
+            "AAPL",
+            Timeframe.HOUR_1,
+            limit=5000,
+            start=dt.datetime(2024, 1, 1, tzinfo=UTC),
+            end=dt.datetime(2025, 6, 1, tzinfo=UTC),
+        )
+    )
     closes = np.array([float(b.c) for b in bars])
     returns = np.diff(np.log(closes))
     sigma = p._profile("AAPL").sigma_per_second * np.sqrt(3600)
@@ -86,8 +104,14 @@ async def test_quote_straddles_last_and_moves_with_time() -> None:
 
 async def test_only_completed_bars_are_returned() -> None:
     p = provider()
-    bars = await p.bars(query(timeframe=Timeframe.MIN_1, start=dt.datetime(2025, 6, 2, 15, 0, tzinfo=UTC),
-                              end=dt.datetime(2025, 6, 2, 16, 0, tzinfo=UTC), limit=1000))
+    bars = await p.bars(
+        query(
+            timeframe=Timeframe.MIN_1,
+            start=dt.datetime(2025, 6, 2, 15, 0, tzinfo=UTC),
+            end=dt.datetime(2025, 6, 2, 16, 0, tzinfo=UTC),
+            limit=1000,
+        )
+    )
     assert bars[-1].t == dt.datetime(2025, 6, 2, 15, 29, tzinfo=UTC)  # 15:30 is still open at 15:30:17
 
 
@@ -103,7 +127,12 @@ async def test_routes_serve_synthetic_data_by_default(client) -> None:
     again = await client.get("/v1/market-data/quotes/BRK.B")
     assert again.headers["x-cache"] == "HIT" and again.json() == body
 
-    params = {"timeframe": "1Hour", "start": "2024-03-01T00:00:00Z", "end": "2024-03-02T00:00:00Z", "limit": 10}
+    params = {
+        "timeframe": "1Hour",
+        "start": "2024-03-01T00:00:00Z",
+        "end": "2024-03-02T00:00:00Z",
+        "limit": 10,
+    }
     r = await client.get("/v1/market-data/bars/spy", params=params)
     assert r.status_code == 200 and r.headers["x-cache"] == "MISS"
     bars = r.json()
@@ -111,8 +140,15 @@ async def test_routes_serve_synthetic_data_by_default(client) -> None:
     first = bars["bars"][0]
     assert set(first) == {"t", "o", "h", "l", "c", "v"} and first["t"] == "2024-03-01T00:00:00Z"
     assert all(isinstance(v, str) for v in first.values())
-    expected = await SyntheticProvider().bars(BarsQuery("SPY", Timeframe.HOUR_1, dt.datetime(2024, 3, 1, tzinfo=UTC),
-                                                        dt.datetime(2024, 3, 2, tzinfo=UTC), 10))
+    expected = await SyntheticProvider().bars(
+        BarsQuery(
+            "SPY",
+            Timeframe.HOUR_1,
+            dt.datetime(2024, 3, 1, tzinfo=UTC),
+            dt.datetime(2024, 3, 2, tzinfo=UTC),
+            10,
+        )
+    )
     assert [b["c"] for b in bars["bars"]] == [str(b.c) for b in expected]
     assert (await client.get("/v1/market-data/bars/SPY", params=params)).headers["x-cache"] == "HIT"
 

@@ -48,8 +48,11 @@ def _free_port() -> int:
 def _server_env(**values: str) -> dict[str, str]:
     """The parent's environment minus every variable the app's settings (or metrics) would read, plus ours."""
     fields = {name.upper() for name in Settings.model_fields}
-    env = {k: v for k, v in os.environ.items()
-           if k.upper() not in fields and k.upper() != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in fields and k.upper() != "PROMETHEUS_MULTIPROC_DIR"
+    }
     env.update(values, PYTHONPATH=str(ROOT))
     return env
 
@@ -60,8 +63,22 @@ def _output(log: IO[bytes]) -> str:
 
 
 def _spawn(port: int, env: dict[str, str], cwd: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-           "--no-proxy-headers", "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-proxy-headers",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--timeout-graceful-shutdown",
+        "3",
+    ]
     # cwd: an empty directory, so no developer .env is read; the app is found through PYTHONPATH.
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -176,8 +193,9 @@ async def test_two_uvicorn_processes_share_single_flight_cache_and_breaker(
         # After the reset period, exactly one half-open trial across both processes; its success closes it.
         await asyncio.sleep(RESET_SECONDS + 0.1)
         fake.on(SNAPSHOT_PATH, slow_snapshot(0.5))
-        trial_wave = await asyncio.gather(*(http.get(base + QUOTE.format(f"T{i}"))
-                                            for i, base in enumerate([a, b] * 5)))
+        trial_wave = await asyncio.gather(
+            *(http.get(base + QUOTE.format(f"T{i}")) for i, base in enumerate([a, b] * 5))
+        )
         assert sorted(r.status_code for r in trial_wave) == [200] + [503] * 9
         assert len(fake.requests) == 2 + FAIL_MAX + 1
         fake.on(SNAPSHOT_PATH, alpaca_snapshot)

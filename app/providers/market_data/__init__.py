@@ -40,8 +40,10 @@ def build_market_data(settings: Settings, outbound: Outbound, redis: Any | None)
             headers["APCA-API-KEY-ID"] = settings.alpaca_api_key_id
             headers["APCA-API-SECRET-KEY"] = settings.alpaca_api_secret_key.get_secret_value()
         else:
-            log.warning("MARKET_DATA_PROVIDER=alpaca without ALPACA_API_KEY_ID/ALPACA_API_SECRET_KEY: "
-                        "Alpaca will refuse the calls and market data will answer 503")
+            log.warning(
+                "MARKET_DATA_PROVIDER=alpaca without ALPACA_API_KEY_ID/ALPACA_API_SECRET_KEY: "
+                "Alpaca will refuse the calls and market data will answer 503"
+            )
         client = outbound.create(ALPACA_PROVIDER, base_url=settings.alpaca_data_base_url, headers=headers)
         provider = AlpacaMarketData(client)
         fetch_seconds = client.deadline
@@ -49,7 +51,10 @@ def build_market_data(settings: Settings, outbound: Outbound, redis: Any | None)
         provider = SyntheticProvider()
         fetch_seconds = SYNTHETIC_FETCH_SECONDS
     cache = MarketDataCache(
-        namespace=f"tradedesk:md:{provider.name}", provider=provider.name,
-        fresh_seconds=settings.market_data_cache_seconds, fetch_timeout=fetch_seconds, redis=redis,
+        namespace=f"tradedesk:md:{provider.name}",
+        provider=provider.name,
+        fresh_seconds=settings.market_data_cache_seconds,
+        fetch_timeout=fetch_seconds,
+        redis=redis,
     )
     return MarketData(provider=provider, cache=cache)

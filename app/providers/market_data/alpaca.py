@@ -9,7 +9,11 @@
   request. No ``latestQuote`` (no bid/ask to give) is answered like an unknown symbol.
 * Bars: ``GET /v2/stocks/{symbol}/bars?timeframe=&start=&end=&limit=&page_token=`` →
   ``{"symbol", "bars": [{"t", "o", "h", "l", "c", "v", "n", "vw"}] | null, "next_page_token": str | null}``;
-  pages are followed until ``limit`` bars or no token, all under one deadline.
+  pages are followed until ``limit`` bars or no token, all under one deadline. Alpaca returns the bars whose
+  start ``t`` lies in ``[start, end]``. Its grid (``grid``): 1Min/5Min/1Hour bars start on UTC epoch
+  multiples (New York's offset is whole hours), a **daily bar at 00:00 America/New_York** (``t`` 05:00Z in
+  winter, 04:00Z in summer) — so the 1Day grid is New York midnight, not UTC midnight: rounding ``start`` up
+  to UTC midnight would drop the first day's bar.
 
 Credentials go in ``APCA-API-KEY-ID`` / ``APCA-API-SECRET-KEY`` headers set on the client (never logged).
 Numbers are parsed straight to ``Decimal`` (no binary floats). Alpaca's 404 / 422 "not found / invalid
@@ -26,18 +30,29 @@ import logging
 import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 
 from app.core.errors import NotFound
 from app.core.http import OutboundClient, UpstreamBadResponse, UpstreamError, UpstreamTimeout
-from app.providers.market_data.base import Bar, BarsQuery, Quote, iso
+from app.providers.market_data.base import (
+    EPOCH_GRIDS,
+    Bar,
+    BarsQuery,
+    Grid,
+    MidnightGrid,
+    Quote,
+    Timeframe,
+    iso,
+)
 
 log = logging.getLogger("tradedesk.market_data")
 
 PROVIDER = "alpaca-data"
 MAX_PAGE = 10_000  # Alpaca's largest page
 MAX_PAGES = 50  # a provider that keeps sending tokens with empty pages cannot loop us for ever
+DAILY_GRID = MidnightGrid(ZoneInfo("America/New_York"))  # where Alpaca stamps a stock's daily bar
 
 
 class AlpacaMarketData:
@@ -45,6 +60,9 @@ class AlpacaMarketData:
 
     def __init__(self, client: OutboundClient) -> None:
         self.client = client
+
+    def grid(self, timeframe: Timeframe) -> Grid:
+        return DAILY_GRID if timeframe is Timeframe.DAY_1 else EPOCH_GRIDS[timeframe]
 
     # ------------------------------------------------------------------ quotes
     async def latest_quote(self, symbol: str) -> Quote:
@@ -81,7 +99,9 @@ class AlpacaMarketData:
             }
             if token:
                 params["page_token"] = token
-            body = await self._get_json(f"/v2/stocks/{query.symbol}/bars", query.symbol, ends_at, params=params)
+            body = await self._get_json(
+                f"/v2/stocks/{query.symbol}/bars", query.symbol, ends_at, params=params
+            )
             page = body.get("bars") or []
             if not isinstance(page, list):
                 raise UpstreamBadResponse(self.client.provider, "bars is not a list")
@@ -99,8 +119,9 @@ class AlpacaMarketData:
         return None  # the client belongs to app.core.http.Outbound, which closes it
 
     # ------------------------------------------------------------------ plumbing
-    async def _get_json(self, path: str, symbol: str, ends_at: float, *,
-                        params: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def _get_json(
+        self, path: str, symbol: str, ends_at: float, *, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         remaining = ends_at - time.monotonic()
         if remaining <= 0:
             raise UpstreamTimeout(self.client.provider, seconds=self.client.deadline)
@@ -111,10 +132,15 @@ class AlpacaMarketData:
         if status >= 400:
             # Our credentials or our request were refused: nothing the client can fix. Logged loudly; answered
             # like an outage (a stale copy if there is one, else 503) so operators, not users, act on it.
-            log.error("alpaca market data refused a request",
-                      extra={"status": status, "reason": _reason(response), "path_kind": path.rsplit("/", 1)[-1]})
-            raise UpstreamError(self.client.provider, "The market-data provider refused the request; retry later.",
-                                retry_after=60)
+            log.error(
+                "alpaca market data refused a request",
+                extra={"status": status, "reason": _reason(response), "path_kind": path.rsplit("/", 1)[-1]},
+            )
+            raise UpstreamError(
+                self.client.provider,
+                "The market-data provider refused the request; retry later.",
+                retry_after=60,
+            )
         try:
             body = json.loads(response.content, parse_float=Decimal)
         except ValueError:

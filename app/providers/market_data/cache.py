@@ -16,12 +16,22 @@ Semantics (per key, e.g. a symbol's quote or one bars query):
 * Provider **429** — its reset (``Retry-After``/``X-RateLimit-Reset``) is recorded (shared through Redis)
   and no upstream call is made for this provider until it passes: stale copies are served, else 503 with
   the remaining time as ``Retry-After``.
+* **Not found** — the provider's ``NotFound`` (no such symbol) is kept as a *negative entry* for
+  ``NOT_FOUND_SECONDS`` under its own key (``not_found_key``: the symbol, per kind), and answered from there
+  (404, ``X-Cache: HIT``, counted as ``NOT_FOUND``) without asking the provider, so a flood of unknown
+  symbols costs the provider one call per symbol a minute. A fresh copy of the value still wins.
+* **Entry bound** — a value whose stored form exceeds ``max_entry_bytes`` (``MAX_ENTRY_BYTES``, 2 MiB: well
+  above the largest legitimate answer, 10,000 bars ≈ 0.9 MB) is served but not cached (logged).
 
-Storage: Redis when ``REDIS_URL`` is set (one JSON envelope per key with a TTL of fresh + stale), else a
-size-bounded in-process LRU (entries and bytes). With Redis, a tiny in-process **L1** (≤ 1 s, bounded,
-never past the copy's fresh window) answers hot keys without a Redis round trip; it can only make a HIT
-at most that much older than the newest copy in Redis, which is within the contract's freshness. If Redis
-fails, the cache degrades to the in-process LRU and in-process single-flight (logged, counted), never 500.
+Storage: Redis when ``REDIS_URL`` is set (one envelope per key with a TTL of fresh + stale; negative entries
+``…:nf:<kind>:<symbol>`` with a TTL of ``NOT_FOUND_SECONDS``), else a size-bounded in-process LRU (entries
+and bytes; negative entries in a bounded LRU of their own). The envelope of a JSON value is ``{"at", "v"}``;
+a ``bytes`` value (a finished response body, e.g. bars) is stored raw behind a one-line header
+(``#<at>\\n<body>``), so reading it back costs no JSON parse and no re-encoding. With Redis, a tiny
+in-process **L1** (≤ 1 s, bounded, never past the copy's fresh window) answers hot keys without a Redis
+round trip; it can only make a HIT at most that much older than the newest copy in Redis, which is within
+the contract's freshness. If Redis fails, the cache degrades to the in-process LRU and in-process
+single-flight (logged, counted), never 500.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import asyncio
 import enum
 import functools
 import json
+import logging
 import math
 import time
 import uuid
@@ -43,16 +54,26 @@ from app.core.http import UpstreamError, UpstreamRateLimited, UpstreamTimeout
 from app.core.observability import MARKET_DATA_CACHE
 from app.core.redisconn import REDIS_FAILURES, RedisGuard
 
+log = logging.getLogger("tradedesk.market_data")
+
 STALE_SECONDS = 3600.0
 L1_SECONDS = 1.0
 MAX_THROTTLE_SECONDS = 3600.0
 ERROR_MARKER_MS = 3000
+NOT_FOUND_SECONDS = 60.0
+MAX_ENTRY_BYTES = 2 * 1024 * 1024
+OVERSIZE_LOG_SECONDS = 10.0  # at most one "not cached: too large" warning per this many seconds
+_RAW = b"#"  # first byte of a raw (bytes) envelope; a JSON envelope starts with '{'
 
 
 class CacheStatus(enum.StrEnum):
     HIT = "HIT"
     MISS = "MISS"
     STALE = "STALE"
+
+
+class CachedNotFound(NotFound):
+    """A "no such symbol" answered from a negative entry: the provider was not asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +138,9 @@ class MarketDataCache:
         max_bytes: int = 64 * 1024 * 1024,
         l1_max_entries: int = 1024,
         l1_max_bytes: int = 16 * 1024 * 1024,
+        max_entry_bytes: int = MAX_ENTRY_BYTES,
+        not_found_seconds: float = NOT_FOUND_SECONDS,
+        not_found_max_entries: int = 10_000,
     ) -> None:
         self.namespace = namespace
         self.provider = provider  # names the provider in the errors this cache raises itself
@@ -130,6 +154,12 @@ class MarketDataCache:
         self.l1_seconds = min(l1_seconds, self.fresh)
         self._l1 = _LRU(l1_max_entries, l1_max_bytes) if redis is not None else None
         self._local = _LRU(max_entries, max_bytes)  # the store without Redis; the fallback with it
+        self.max_entry_bytes = max_entry_bytes
+        self.not_found_seconds = float(not_found_seconds)
+        self._not_found = _LRU(
+            not_found_max_entries, not_found_max_entries * 512
+        )  # likewise, negative entries
+        self._oversize_logged_at = -math.inf
         self._inflight: dict[str, asyncio.Task[Any]] = {}
         self._reads: dict[str, asyncio.Task[Entry | None]] = {}  # coalesced Redis reads (L1 refresh)
         self._throttled_until = 0.0  # epoch seconds
@@ -137,9 +167,17 @@ class MarketDataCache:
         self._unlock_script = redis.register_script(_UNLOCK) if redis is not None else None
 
     # ------------------------------------------------------------------ public
-    async def get_or_fetch(self, kind: str, key: str, fetch: Callable[[], Awaitable[Any]]) -> tuple[Any, CacheStatus]:
+    async def get_or_fetch(
+        self,
+        kind: str,
+        key: str,
+        fetch: Callable[[], Awaitable[Any]],
+        *,
+        not_found_key: str | None = None,
+    ) -> tuple[Any, CacheStatus]:
         """The value for ``key`` and how it was served; raises the provider's ``UpstreamError`` (or its
-        ``AppError``, e.g. NotFound) when there is no usable copy."""
+        ``AppError``, e.g. NotFound) when there is no usable copy. A ``NotFound`` is remembered under
+        ``not_found_key`` (default: ``key``) of this kind for ``not_found_seconds``."""
         key = f"{kind}:{key}"
         if self._l1 is not None:
             entry = self._l1.get(key, time.monotonic())
@@ -155,7 +193,8 @@ class MarketDataCache:
 
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.create_task(self._lead(key, fetch), name=f"market-data-fetch:{key}")
+            nf_key = key if not_found_key is None else f"{kind}:{not_found_key}"  # off the HIT path
+            task = asyncio.create_task(self._lead(key, nf_key, fetch), name=f"market-data-fetch:{key}")
             self._inflight[key] = task
             task.add_done_callback(functools.partial(self._finished, key))
         try:
@@ -166,6 +205,13 @@ class MarketDataCache:
             if entry is not None and time.time() - entry.fetched_at < self.fresh + self.stale:
                 self._count(kind, "STALE")
                 return entry.value, CacheStatus.STALE
+            self._count(kind, "ERROR")
+            raise
+        except CachedNotFound:
+            self._count(kind, "NOT_FOUND")
+            raise
+        except NotFound as exc:  # from the provider (here or, through Redis, in the leading process)
+            exc.headers.setdefault("X-Cache", CacheStatus.MISS.value)
             self._count(kind, "ERROR")
             raise
         except Exception:
@@ -189,12 +235,13 @@ class MarketDataCache:
         return max(0.0, until - now)
 
     # ------------------------------------------------------------------ leader / waiter
-    async def _lead(self, key: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+    async def _lead(self, key: str, nf_key: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+        await self._raise_if_not_found(nf_key)
         remaining = await self.throttle_remaining()
         if remaining > 0:
             raise UpstreamRateLimited(self.provider, retry_after=remaining)
         if self.redis is None:
-            return await self._fetch_and_store(key, fetch)
+            return await self._fetch_and_store(key, nf_key, fetch)
 
         token = uuid.uuid4().hex
         lock_key = self._k("lock", key)
@@ -204,21 +251,24 @@ class MarketDataCache:
                 if entry is not None and time.time() - entry.fetched_at < self.fresh:
                     return entry.value
             if not self.guard.available:
-                return await self._fetch_and_store(key, fetch)
+                return await self._fetch_and_store(key, nf_key, fetch)
             try:
                 leader = await self.redis.set(lock_key, token, nx=True, px=self.lock_ms)
                 holder = None if leader else await self.redis.get(lock_key)
             except REDIS_FAILURES as exc:
                 self.guard.failed(exc, "lock")
-                return await self._fetch_and_store(key, fetch)
+                return await self._fetch_and_store(key, nf_key, fetch)
             if leader:
                 try:
-                    # Double-check under the lock: a leader elsewhere may have stored a copy between our
-                    # read and our lock; then there is nothing to fetch.
+                    # Double-check under the lock: a leader elsewhere may have stored a copy (or a "not
+                    # found") between our read and our lock; then there is nothing to fetch.
                     entry = await self._read(key, time.time())
                     if entry is not None and time.time() - entry.fetched_at < self.fresh:
                         return entry.value
-                    return await self._fetch_and_store(key, fetch)
+                    await self._raise_if_not_found(nf_key)
+                    return await self._fetch_and_store(key, nf_key, fetch)
+                except CachedNotFound:
+                    raise  # nothing was asked: waiters find the same negative entry
                 except (UpstreamError, NotFound) as exc:
                     await self._publish_error(key, token, exc)
                     raise
@@ -266,17 +316,31 @@ class MarketDataCache:
                 holder = lock  # a new leader took over; wait for that one
         raise UpstreamTimeout(self.provider, seconds=self.wait_seconds)
 
-    async def _fetch_and_store(self, key: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+    async def _fetch_and_store(self, key: str, nf_key: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
         try:
             value = await fetch()
         except UpstreamRateLimited as exc:
             await self._throttle(exc.retry_after)
             raise
+        except NotFound as exc:
+            await self._write_not_found(nf_key, exc.detail)
+            raise
         at = time.time()
-        raw = json.dumps({"at": at, "v": value}, separators=(",", ":")).encode()
-        entry = Entry(value, at, len(raw))
-        await self._write(key, entry, raw)
+        raw = _encode(at, value)
+        if len(raw) > self.max_entry_bytes:
+            self._oversize(key, len(raw))
+            return value  # served, never stored: one entry cannot take more than the bound
+        await self._write(key, Entry(value, at, len(raw)), raw)
         return value
+
+    def _oversize(self, key: str, size: int) -> None:
+        now = time.monotonic()
+        if now - self._oversize_logged_at >= OVERSIZE_LOG_SECONDS:
+            self._oversize_logged_at = now
+            log.warning(
+                "market-data answer too large to cache; served uncached",
+                extra={"key": key[:120], "bytes": size, "max_entry_bytes": self.max_entry_bytes},
+            )
 
     # ------------------------------------------------------------------ storage
     async def _read_shared(self, key: str) -> Entry | None:
@@ -318,6 +382,37 @@ class MarketDataCache:
             except REDIS_FAILURES as exc:
                 self.guard.failed(exc, "set")
         self._local.put(key, entry, entry.fetched_at + ttl)
+
+    async def _raise_if_not_found(self, nf_key: str) -> None:
+        """Raise ``CachedNotFound`` when a negative entry for ``nf_key`` exists."""
+        detail: str | None = None
+        if self.redis is not None and self.guard.available:
+            try:
+                raw = await self.redis.get(self._k("nf", nf_key))
+            except REDIS_FAILURES as exc:
+                self.guard.failed(exc, "not_found_get")
+            else:
+                if raw is None:
+                    return
+                detail = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        if detail is None:
+            entry = self._not_found.get(nf_key, time.time())
+            if entry is None:
+                return
+            detail = entry.value
+        raise CachedNotFound(detail or "Not found.", headers={"X-Cache": CacheStatus.HIT.value})
+
+    async def _write_not_found(self, nf_key: str, detail: str) -> None:
+        if self.redis is not None and self.guard.available:
+            try:
+                await self.redis.set(self._k("nf", nf_key), detail, px=int(self.not_found_seconds * 1000))
+                return
+            except REDIS_FAILURES as exc:
+                self.guard.failed(exc, "not_found_set")
+        now = time.time()
+        self._not_found.put(
+            nf_key, Entry(detail, now, len(nf_key) + len(detail)), now + self.not_found_seconds
+        )
 
     def _remember(self, key: str, entry: Entry, now: float) -> None:
         """Put a fresh copy in L1 for at most l1_seconds and never past its fresh window."""
@@ -380,7 +475,20 @@ return 0
 """
 
 
+def _encode(at: float, value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return _RAW + repr(at).encode() + b"\n" + value
+    return json.dumps({"at": at, "v": value}, separators=(",", ":")).encode()
+
+
 def _decode(raw: bytes) -> Entry | None:
+    if raw[:1] == _RAW:
+        newline = raw.find(b"\n", 1, 40)
+        try:
+            at = float(raw[1:newline]) if newline > 0 else math.nan
+        except ValueError:
+            return None
+        return Entry(raw[newline + 1 :], at, len(raw)) if math.isfinite(at) else None
     try:
         envelope = json.loads(raw)
         return Entry(envelope["v"], float(envelope["at"]), len(raw))
