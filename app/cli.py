@@ -2,6 +2,7 @@
 
 rotate-token-keys   re-encrypt every stored broker token with the newest TOKEN_ENCRYPTION_KEY
 purge-oauth-states  delete OAuth states that expired more than a day ago
+purge-idempotency-keys  delete expired Idempotency-Key records (the cleanup loop does it every 5 min)
 
 This module only parses arguments, builds what a command needs from the settings and calls the
 feature's service; it prints one JSON line and exits 1 when the work is incomplete.
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import app.models  # noqa: F401  (every model, so foreign keys resolve)
 from app.brokers import service as brokers_service
+from app.core import idempotency
 from app.core.config import Settings, load_settings_or_exit
 from app.core.crypto import TokenCipher
 from app.core.db import Database, create_engine
@@ -34,9 +36,14 @@ async def purge_oauth_states(database: Database, settings: Settings) -> dict[str
     return {"deleted": await brokers_service.purge_expired_states(database=database)}
 
 
+async def purge_idempotency_keys(database: Database, settings: Settings) -> dict[str, int]:
+    return {"deleted": await idempotency.purge_expired(database=database)}
+
+
 COMMANDS: dict[str, Callable[[Database, Settings], Awaitable[dict[str, int]]]] = {
     "rotate-token-keys": rotate_token_keys,
     "purge-oauth-states": purge_oauth_states,
+    "purge-idempotency-keys": purge_idempotency_keys,
 }
 
 

@@ -25,6 +25,7 @@ from app.core.crypto import TokenCipher
 from app.core.db import Database, create_engine
 from app.core.errors import install_error_handlers
 from app.core.http import Outbound
+from app.core.idempotency import install_idempotency
 from app.core.middleware import BodyLimitMiddleware, CORSMiddleware, RequestContextMiddleware
 from app.core.observability import configure_logging, mark_worker_stopped, prune_dead_workers
 from app.core.ratelimit import RateLimiter
@@ -36,6 +37,7 @@ from app.ops.router import router as ops_router
 from app.providers.market_data import build_market_data
 from app.providers.oauth import build_broker_oauth
 from app.providers.stripe import build_webhook_verifier
+from app.workers.cleanup import CleanupWorker
 
 log = logging.getLogger("tradedesk.app")
 
@@ -96,12 +98,16 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
                 "shared_state": "redis" if redis_url else "memory",
             },
         )
+        # Background loop: purges expired idempotency keys every 5 minutes (app/workers/cleanup.py).
+        app.state.cleanup = CleanupWorker(database)
+        app.state.cleanup.start()
         if freeze_gc:
             gc.collect()
             gc.freeze()
         try:
             yield
         finally:
+            await app.state.cleanup.stop()
             await app.state.market_data.aclose()
             await app.state.outbound.aclose()
             await close_redis(app.state.redis)
@@ -125,6 +131,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_idempotency(app)  # replays of an Idempotency-Key answer with the stored response
     app.include_router(ops_router)
     app.include_router(docs_router)
     app.include_router(api_router)

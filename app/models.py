@@ -4,5 +4,6 @@ from app.auth.models import User  # noqa: F401
 from app.billing.models import BillingAccount, BillingSubscription, Payment, StripeEvent  # noqa: F401
 from app.brokers.models import BrokerConnection, OAuthState  # noqa: F401
 from app.core.db import Base
+from app.core.idempotency_models import IdempotencyKey  # noqa: F401
 
 metadata = Base.metadata

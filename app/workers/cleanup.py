@@ -1,0 +1,109 @@
+"""The cleanup loop: every ``interval_seconds`` it deletes expired idempotency keys.
+
+One per process, started and stopped by the lifespan. Several processes may run it at once: each batch
+is one bounded statement that skips rows another purge has locked (``purge_expired``). The first run
+comes one interval after startup, so short-lived processes (tests, one-off commands) never purge.
+
+A failing run (database down, statement timeout) is logged, counted in
+``cleanup_runs_total{job, outcome="error"}`` and retried at the next interval; the loop never dies of
+it. ``stop()`` lets a running batch finish (no further batch starts) and waits at most
+``stop_timeout`` seconds before cancelling it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import Counter
+
+from app.core import idempotency
+from app.core.db import Database
+from app.core.errors import log_exception
+
+log = logging.getLogger("tradedesk.cleanup")
+
+CLEANUP_RUNS = Counter(
+    "cleanup_runs_total", "Cleanup job runs by job and outcome (ok, error).", ["job", "outcome"]
+)
+for _outcome in ("ok", "error"):
+    CLEANUP_RUNS.labels("idempotency_keys", _outcome)
+
+
+class CleanupWorker:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        interval_seconds: float = 300.0,
+        batch_size: int = idempotency.PURGE_BATCH_SIZE,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        if interval_seconds <= 0:
+            raise ValueError("interval_seconds must be positive")
+        self.database = database
+        self.interval_seconds = interval_seconds
+        self.batch_size = batch_size
+        self.stop_timeout = stop_timeout
+        self.runs = 0  # completed runs, failed ones included
+        self._stopping = asyncio.Event()
+        self._ran = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._jobs: dict[str, Callable[[], Awaitable[int]]] = {
+            "idempotency_keys": self._purge_idempotency_keys
+        }
+
+    async def _purge_idempotency_keys(self) -> int:
+        return await idempotency.purge_expired(
+            database=self.database, batch_size=self.batch_size, should_stop=self._stopping.is_set
+        )
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping.clear()
+            self._task = asyncio.create_task(self._loop(), name="cleanup-worker")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(task, timeout=self.stop_timeout)
+        except TimeoutError:  # wait_for cancelled it
+            log.warning(
+                "cleanup worker cancelled after the stop timeout", extra={"timeout": self.stop_timeout}
+            )
+
+    async def run_once(self) -> dict[str, int]:
+        """Run every job once; a failing job is logged and counted, and does not stop the others."""
+        deleted: dict[str, int] = {}
+        for name, job in self._jobs.items():
+            try:
+                deleted[name] = await job()
+            except Exception as exc:
+                CLEANUP_RUNS.labels(name, "error").inc()
+                log_exception(log, "cleanup job failed; retrying at the next interval", exc, job=name)
+            else:
+                CLEANUP_RUNS.labels(name, "ok").inc()
+                if deleted[name]:
+                    log.info("cleanup", extra={"job": name, "deleted": deleted[name]})
+        async with self._ran:
+            self.runs += 1
+            self._ran.notify_all()
+        return deleted
+
+    async def wait_for_runs(self, count: int) -> None:
+        """Until at least ``count`` runs have completed (for tests and operators' tooling)."""
+        async with self._ran:
+            await self._ran.wait_for(lambda: self.runs >= count)
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval_seconds)
+            if self._stopping.is_set():
+                return
+            await self.run_once()
