@@ -282,7 +282,7 @@ async def get_subscription(*, session: AsyncSession, user_id: uuid.UUID) -> Subs
 # Payments cursors are signed: the server only ever reads back the (paid_at, id) position it issued,
 # for the user it issued it to, so no client-chosen value reaches a query. The key is derived from
 # JWT_SECRET under its own label (never the signing key itself).
-_CURSOR_KEY_LABEL = b"tradedesk/billing/payments-cursor/v1"
+_CURSOR_KEY_LABEL = "tradedesk/billing/payments-cursor/v1"
 _CURSOR = struct.Struct(">q16s")  # paid_at in microseconds since the epoch, payment id
 _CURSOR_TAG_BYTES = 24  # 8 + 16 + 24 = 48 bytes: exactly 64 base64url characters, no padding bits
 _CURSOR_PATTERN = re.compile(r"[A-Za-z0-9_-]{64}")
@@ -290,9 +290,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _cursor_key(settings: Settings) -> bytes:
-    return hmac.new(
-        settings.jwt_secret.get_secret_value().encode(), _CURSOR_KEY_LABEL, hashlib.sha256
-    ).digest()
+    return settings.derived_key(_CURSOR_KEY_LABEL)
 
 
 def _cursor_tag(key: bytes, user_id: uuid.UUID, body: bytes) -> bytes:

@@ -232,13 +232,15 @@ class Settings(BaseSettings):
         return self
 
     # --- derived values -------------------------------------------------------------
+    def derived_key(self, label: str) -> bytes:
+        """A server-side key for one purpose, derived from JWT_SECRET under its own label (HMAC-SHA256),
+        so no purpose ever uses the token-signing key itself. Rotating JWT_SECRET rotates them all."""
+        return hmac.new(self.jwt_secret.get_secret_value().encode(), label.encode(), hashlib.sha256).digest()
+
     @cached_property
     def pseudonym_key(self) -> bytes:
-        """The server-side key that turns identifiers (emails) into rate-limit keys and log fields:
-        derived from JWT_SECRET under its own label, so it is never the signing key itself."""
-        return hmac.new(
-            self.jwt_secret.get_secret_value().encode(), b"tradedesk/pseudonym/v1", hashlib.sha256
-        ).digest()
+        """The key that turns identifiers (emails) into rate-limit keys and log fields."""
+        return self.derived_key("tradedesk/pseudonym/v1")
 
     @cached_property
     def frontend_origins(self) -> list[str]:
