@@ -158,7 +158,7 @@ async def make_broker() -> AsyncIterator[BrokerFactory]:
 
 
 # --------------------------------------------------------------------------- construction
-async def test_build_broker_picks_alpaca_with_the_broker_deadline_and_none_for_paper() -> None:
+async def test_build_broker_picks_alpaca_with_the_broker_deadline_and_paper_needs_its_database() -> None:
     settings = make_settings(
         DATABASE_URL,
         broker_provider="alpaca",
@@ -179,7 +179,8 @@ async def test_build_broker_picks_alpaca_with_the_broker_deadline_and_none_for_p
         await outbound.aclose()
     paper = make_settings(DATABASE_URL, broker_provider="paper")
     outbound = Outbound(paper)
-    assert build_broker(paper, outbound) is None
+    with pytest.raises(ValueError):  # the paper broker needs the database and market data (test_paper.py)
+        build_broker(paper, outbound)
     assert outbound.clients == {}
 
 
