@@ -59,6 +59,7 @@ import httpx
 
 from app.core.http import OutboundClient, UpstreamError, UpstreamStatusError
 from app.providers.broker.base import (
+    DUPLICATE_CLIENT_ORDER_ID,
     BrokerOrder,
     BrokerOrderStatus,
     BrokerOutcomeUnknown,
@@ -67,12 +68,12 @@ from app.providers.broker.base import (
     OrderSide,
     OrderType,
     TimeInForce,
+    adopt_existing,
 )
 
 log = logging.getLogger("tradedesk.broker")
 
 PROVIDER = "alpaca-trading"
-DUPLICATE_CLIENT_ORDER_ID = 40010001  # Alpaca's code for "client_order_id must be unique"
 MAX_REASON_CHARS = 300
 _ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # Alpaca order ids are UUIDs
 _E = TypeVar("_E", OrderSide, OrderType, TimeInForce)
@@ -184,15 +185,7 @@ class AlpacaBroker:
             ) from exc
         if existing is None:
             raise BrokerOutcomeUnknown(PROVIDER, "duplicate client_order_id the broker cannot find")
-        if not _same_order(existing, order):
-            raise BrokerRejected(
-                "client_order_id is already used by a different order", 422, code=DUPLICATE_CLIENT_ORDER_ID
-            )
-        log.info(
-            "adopted an existing broker order",
-            extra={"provider": PROVIDER, "broker_order_id": existing.broker_order_id},
-        )
-        return existing
+        return adopt_existing(existing, order, provider=PROVIDER)
 
     async def _send(self, method: str, path: str, access_token: str, **kwargs: Any) -> httpx.Response:
         """One call; an error that may have reached Alpaca becomes BrokerOutcomeUnknown, a not-sent one passes."""
@@ -286,17 +279,6 @@ def _is_not_found(response: httpx.Response) -> bool:
         return isinstance(_json(response), dict)
     except ValueError:
         return False
-
-
-def _same_order(found: BrokerOrder, wanted: OrderRequest) -> bool:
-    return (
-        found.symbol.upper() == wanted.symbol.upper()
-        and found.side is wanted.side
-        and found.type is wanted.type
-        and found.time_in_force is wanted.time_in_force
-        and found.qty == wanted.qty
-        and found.limit_price == wanted.limit_price
-    )
 
 
 def map_status(raw: str, *, filled_qty: Decimal, qty: Decimal) -> BrokerOrderStatus:

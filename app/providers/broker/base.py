@@ -30,12 +30,18 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
 from app.core.errors import Unprocessable
 from app.core.http import UpstreamError
+
+log = logging.getLogger("tradedesk.broker")
+
+# Alpaca's code for "client_order_id must be unique"; the paper broker answers a conflicting reuse with it too.
+DUPLICATE_CLIENT_ORDER_ID = 40010001
 
 __all__ = [
     "MAX_CLIENT_ORDER_ID_LENGTH",
@@ -179,6 +185,28 @@ class BrokerOutcomeUnknown(UpstreamError):
             f"The broker did not confirm the outcome ({reason}); it will be reconciled.",
             retry_after=retry_after,
         )
+
+
+def adopt_existing(existing: BrokerOrder, wanted: OrderRequest, *, provider: str) -> BrokerOrder:
+    """The order already placed under ``wanted.client_order_id``, if it is the same order; a different one
+    under that id is ``BrokerRejected`` (the id is spent, as on Alpaca, even after a cancel)."""
+    same = (
+        existing.symbol.upper() == wanted.symbol.upper()
+        and existing.side is wanted.side
+        and existing.type is wanted.type
+        and existing.time_in_force is wanted.time_in_force
+        and existing.qty == wanted.qty
+        and existing.limit_price == wanted.limit_price
+    )
+    if not same:
+        raise BrokerRejected(
+            "client_order_id is already used by a different order", 422, code=DUPLICATE_CLIENT_ORDER_ID
+        )
+    log.info(
+        "adopted an existing broker order",
+        extra={"provider": provider, "broker_order_id": existing.broker_order_id},
+    )
+    return existing
 
 
 @runtime_checkable

@@ -95,6 +95,7 @@ from app.providers.broker.base import (
     OrderSide,
     OrderType,
     TimeInForce,
+    adopt_existing,
 )
 from app.providers.broker.paper_models import (
     CANCELED,
@@ -112,7 +113,6 @@ __all__ = ["PROVIDER", "PaperBroker", "PaperBrokerUnavailable", "PaperQuoteUnava
 log = logging.getLogger("tradedesk.broker")
 
 PROVIDER = "paper"
-DUPLICATE_CLIENT_ORDER_ID = 40010001  # Alpaca's code for "client_order_id must be unique"
 NOT_CANCELABLE = 42210000  # Alpaca's code for an order that can no longer be canceled
 MAX_SYMBOLS_PER_PASS = 100
 MAX_INTEGER_DIGITS = 30  # amounts: fewer digits than this before the decimal point ...
@@ -278,7 +278,7 @@ class PaperBroker:
             )
             if existing is None:
                 raise  # nothing was placed, now or before
-            return _adopt(existing, order)
+            return adopt_existing(existing, order, provider=PROVIDER)
         values.update(account=account, client_order_id=order.client_order_id)
         row = (await self._run(_PLACE, values, may_exist=False)).first()
         if row is not None:
@@ -289,7 +289,7 @@ class PaperBroker:
         )
         if existing is None:  # orders are never deleted: only a broken database could get here
             raise BrokerOutcomeUnknown(PROVIDER, "duplicate client_order_id the broker cannot find")
-        return _adopt(existing, order)
+        return adopt_existing(existing, order, provider=PROVIDER)
 
     async def get_order_by_client_order_id(
         self, *, access_token: str, client_order_id: str
@@ -512,29 +512,6 @@ def _placement(order: OrderRequest, quote: Quote, now: dt.datetime) -> dict[str,
     elif order.time_in_force in (TimeInForce.IOC, TimeInForce.FOK):
         values.update(status=CANCELED, canceled_at=now)
     return values
-
-
-def _adopt(existing: BrokerOrder, wanted: OrderRequest) -> BrokerOrder:
-    if not _same_order(existing, wanted):
-        raise BrokerRejected(
-            "client_order_id is already used by a different order", 422, code=DUPLICATE_CLIENT_ORDER_ID
-        )
-    log.info(
-        "adopted an existing broker order",
-        extra={"provider": PROVIDER, "broker_order_id": existing.broker_order_id},
-    )
-    return existing
-
-
-def _same_order(found: BrokerOrder, wanted: OrderRequest) -> bool:
-    return (
-        found.symbol.upper() == wanted.symbol.upper()
-        and found.side is wanted.side
-        and found.type is wanted.type
-        and found.time_in_force is wanted.time_in_force
-        and found.qty == wanted.qty
-        and found.limit_price == wanted.limit_price
-    )
 
 
 def _to_order(row: Any) -> BrokerOrder:
