@@ -34,10 +34,13 @@ from app.core.security import PasswordHashing
 from app.ops.docs import router as docs_router
 from app.ops.readiness import ReadinessProbe
 from app.ops.router import router as ops_router
+from app.orders.service import OrderPolicy, broker_accounts
+from app.providers.broker import build_broker
 from app.providers.market_data import build_market_data
 from app.providers.oauth import build_broker_oauth
 from app.providers.stripe import build_webhook_verifier
 from app.workers.cleanup import CleanupWorker
+from app.workers.reconciler import ReconcilerWorker
 
 log = logging.getLogger("tradedesk.app")
 
@@ -84,6 +87,15 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         app.state.token_cipher = TokenCipher(settings.token_encryption_keys)
         app.state.stripe_verifier = build_webhook_verifier(settings)
         app.state.broker_oauth = build_broker_oauth(settings, app.state.outbound)
+        # The broker (BROKER_PROVIDER): Alpaca through its own outbound client and breaker, or the paper
+        # simulator over this database and the market-data provider (app/providers/broker/).
+        app.state.broker = build_broker(
+            settings, app.state.outbound, database=database, market_data=app.state.market_data
+        )
+        app.state.order_policy = OrderPolicy.from_settings(settings, provider=app.state.broker.name)
+        app.state.broker_accounts = broker_accounts(
+            provider=app.state.broker.name, database=database, cipher=app.state.token_cipher
+        )
         if redis_url is None and settings.web_concurrency > 1:
             log.warning(
                 "REDIS_URL is unset with WEB_CONCURRENCY > 1: rate limits, breaker state and cache are "
@@ -101,12 +113,18 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         # Background loop: purges expired idempotency keys every 5 minutes (app/workers/cleanup.py).
         app.state.cleanup = CleanupWorker(database)
         app.state.cleanup.start()
+        # Background loop: settles unknown-outcome orders and refreshes open ones (app/workers/reconciler.py).
+        app.state.reconciler = ReconcilerWorker(
+            database, app.state.broker, app.state.order_policy, app.state.broker_accounts
+        )
+        app.state.reconciler.start()
         if freeze_gc:
             gc.collect()
             gc.freeze()
         try:
             yield
         finally:
+            await app.state.reconciler.stop()
             await app.state.cleanup.stop()
             await app.state.market_data.aclose()
             await app.state.outbound.aclose()

@@ -5,6 +5,7 @@ from app.billing.models import BillingAccount, BillingSubscription, Payment, Str
 from app.brokers.models import BrokerConnection, OAuthState  # noqa: F401
 from app.core.db import Base
 from app.core.idempotency_models import IdempotencyKey  # noqa: F401
+from app.orders.models import Order, OrderEvent  # noqa: F401
 from app.providers.broker.paper_models import PaperOrder  # noqa: F401
 
 metadata = Base.metadata

@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.models import User
 from app.auth.repository import UserRepository
-from app.core.deps import SessionDep, SettingsDep
+from app.core.deps import DatabaseDep, SessionDep, SettingsDep
 from app.core.errors import BadRequest, Unauthorized
 from app.core.security import InvalidToken, decode_access_token
 
@@ -47,6 +47,27 @@ async def get_current_user(
     return user
 
 
+async def get_current_user_detached(
+    request: Request,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """``get_current_user`` without the request session: the user is read by one autocommit statement
+    and the connection goes straight back to the pool. For routes that call an outside system (the
+    broker), which must not hold a pooled connection — an open transaction — while it answers."""
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized()
+    user_id = decode_access_token(credentials.credentials, settings=settings)
+    async with database.own_transaction(single_statement=True) as session:
+        user = await UserRepository(session).get(user_id)
+    if user is None:
+        log.info("access token refused", extra={"reason": "user-not-found"})
+        raise InvalidToken()
+    _remember_user(request, user.id)
+    return user
+
+
 async def get_optional_caller(request: Request, settings: SettingsDep) -> uuid.UUID | None:
     """The caller's user id when the request carries a bearer token, else None (no database read).
 
@@ -66,5 +87,7 @@ async def get_optional_caller(request: Request, settings: SettingsDep) -> uuid.U
 
 # The authenticated user (401 problem+json otherwise).
 CurrentUser = Annotated[User, Depends(get_current_user)]
+# The same, read without holding a connection: for routes that call the broker (app/orders/).
+CurrentUserDetached = Annotated[User, Depends(get_current_user_detached)]
 # The caller's user id if a bearer token was sent, else None.
 OptionalCaller = Annotated[uuid.UUID | None, Depends(get_optional_caller)]

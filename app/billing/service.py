@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import hmac
 import logging
-import re
-import struct
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -19,8 +14,8 @@ from app.billing.repository import BillingRepository, SubscriptionOfAnotherCusto
 from app.billing.schemas import PaymentOut, PaymentsPage, SubscriptionOut
 from app.core.config import Settings
 from app.core.db import Database
-from app.core.errors import Unprocessable
 from app.core.observability import WEBHOOK_EVENTS
+from app.core.pagination import SignedCursor
 from app.providers.stripe import StripeEvent
 
 log = logging.getLogger("tradedesk.billing")
@@ -279,53 +274,20 @@ async def get_subscription(*, session: AsyncSession, user_id: uuid.UUID) -> Subs
     return SubscriptionOut(status=status, current_period_end=period_end)
 
 
-# Payments cursors are signed: the server only ever reads back the (paid_at, id) position it issued,
-# for the user it issued it to, so no client-chosen value reaches a query. The key is derived from
-# JWT_SECRET under its own label (never the signing key itself).
+# Payments cursors are signed (app/core/pagination.py), with a key of their own.
 _CURSOR_KEY_LABEL = "tradedesk/billing/payments-cursor/v1"
-_CURSOR = struct.Struct(">q16s")  # paid_at in microseconds since the epoch, payment id
-_CURSOR_TAG_BYTES = 24  # 8 + 16 + 24 = 48 bytes: exactly 64 base64url characters, no padding bits
-_CURSOR_PATTERN = re.compile(r"[A-Za-z0-9_-]{64}")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _cursor_key(settings: Settings) -> bytes:
-    return settings.derived_key(_CURSOR_KEY_LABEL)
-
-
-def _cursor_tag(key: bytes, user_id: uuid.UUID, body: bytes) -> bytes:
-    return hmac.new(key, user_id.bytes + body, hashlib.sha256).digest()[:_CURSOR_TAG_BYTES]
-
-
-def _encode_cursor(key: bytes, user_id: uuid.UUID, paid_at: dt.datetime, pid: uuid.UUID) -> str:
-    body = _CURSOR.pack((paid_at - _EPOCH) // dt.timedelta(microseconds=1), pid.bytes)
-    return base64.urlsafe_b64encode(body + _cursor_tag(key, user_id, body)).decode()
-
-
-def _decode_cursor(key: bytes, user_id: uuid.UUID, cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    invalid = Unprocessable(
-        "The cursor is invalid: pass the next_cursor of a previous page, unchanged, as the same user.",
-        errors=[{"field": "query.cursor", "message": "not a cursor this server issued to you"}],
-    )
-    if not _CURSOR_PATTERN.fullmatch(cursor):
-        raise invalid
-    raw = base64.urlsafe_b64decode(cursor)
-    body, tag = raw[: _CURSOR.size], raw[_CURSOR.size :]
-    if not hmac.compare_digest(tag, _cursor_tag(key, user_id, body)):
-        raise invalid
-    micros, pid = _CURSOR.unpack(body)
-    try:  # only values this server signed get here; checked all the same
-        return _EPOCH + dt.timedelta(microseconds=micros), uuid.UUID(bytes=pid)
-    except (OverflowError, ValueError):
-        raise invalid from None
+def _cursor(settings: Settings) -> SignedCursor:
+    return SignedCursor(settings.derived_key(_CURSOR_KEY_LABEL))
 
 
 async def list_payments(
     *, session: AsyncSession, settings: Settings, user_id: uuid.UUID, limit: int, cursor: str | None
 ) -> PaymentsPage:
     """The user's payments, newest first."""
-    key = _cursor_key(settings)
-    after = _decode_cursor(key, user_id, cursor) if cursor is not None else None
+    cursors = _cursor(settings)
+    after = cursors.decode(user_id, cursor) if cursor is not None else None
     rows = await BillingRepository(session).payments_page(user_id=user_id, limit=limit + 1, after=after)
     page, more = rows[:limit], len(rows) > limit
     items = [
@@ -337,5 +299,5 @@ async def list_payments(
         )
         for p in page
     ]
-    next_cursor = _encode_cursor(key, user_id, page[-1].paid_at, page[-1].id) if more else None
+    next_cursor = cursors.encode(user_id, page[-1].paid_at, page[-1].id) if more else None
     return PaymentsPage(items=items, next_cursor=next_cursor)

@@ -205,3 +205,18 @@ async def purge_expired_states(*, database: Database, older_than: dt.timedelta =
     """Delete OAuth states that expired more than ``older_than`` ago; how many."""
     async with database.own_transaction() as session:
         return await BrokerRepository(session).purge_states(older_than=dt.datetime.now(dt.UTC) - older_than)
+
+
+async def access_token(*, database: Database, cipher: TokenCipher, user_id: uuid.UUID) -> str | None:
+    """The user's decrypted broker access token, or None when no account is linked (or the stored token
+    cannot be decrypted with any current key: the user must link again). One autocommit read; no
+    connection is held afterwards (the caller goes on to call the broker)."""
+    async with database.own_transaction(single_statement=True) as session:
+        row = await BrokerRepository(session).get_connection(user_id)
+    if row is None:
+        return None
+    try:
+        return cipher.decrypt(row.access_token_encrypted)
+    except InvalidToken:
+        log.error("stored broker token unreadable with the current keys", extra={"user_id": str(user_id)})
+        return None

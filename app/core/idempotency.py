@@ -389,6 +389,17 @@ class IdempotencyRecord:
         self.completed = False
         self.kept = False
 
+    # A condition for a raw SQL statement that must only take effect while this request still holds its
+    # claim (an order's phase (a) inserts the order under it, in the same statement): bind ``held_params``.
+    HELD_SQL = (
+        "EXISTS (SELECT 1 FROM idempotency_keys WHERE user_id = :idem_user_id AND key = :idem_key "
+        f"AND state = '{IN_FLIGHT}' AND claim_token = :idem_claim_token)"
+    )
+
+    def held_params(self) -> dict[str, Any]:
+        """The bind parameters of ``HELD_SQL`` for this claim."""
+        return {"idem_user_id": self.user_id, "idem_key": self.key, "idem_claim_token": self.claim_token}
+
     def keep(self) -> None:
         """From here on an error does not release the key: call it before the first effect that commits
         outside the transaction that will complete the record (an order's phase (a)). The row then stays
@@ -559,21 +570,33 @@ async def complete_in_flight(
     body: bytes | None = None,
     media_type: str = "application/json",
     headers: Mapping[str, str] | None = None,
+    claim_token: uuid.UUID | None = None,
 ) -> bool:
-    """Recovery hook: store the response of a request that died in flight (whoever held the claim), in
-    the caller's transaction — the orders reconciler, when it settles an order whose request crashed
-    between its phases. False if the key is not in flight (completed, released, purged)."""
+    """Recovery hook: store the response of a request that died in flight, in the caller's transaction —
+    the orders reconciler, when it settles an order whose request crashed between its phases. With
+    ``claim_token`` only that claim is completed (the one the work was done under: never a later claim
+    of the same key); without it, whoever holds the key. False if the key is not in flight under that
+    claim (completed, released, purged, re-claimed)."""
     stored = _StoredResponse.of(
         status_code=status_code, content=content, body=body, media_type=media_type, headers=headers
     )
-    return await _store(session, user_id=user_id, key=key, claim_token=None, stored=stored)
+    return await _store(session, user_id=user_id, key=key, claim_token=claim_token, stored=stored)
 
 
-async def release_in_flight(session: AsyncSession, *, user_id: uuid.UUID, key: str) -> bool:
-    """Recovery hook: free an in-flight key whose work is known never to have happened."""
+async def release_in_flight(
+    session: AsyncSession, *, user_id: uuid.UUID, key: str, claim_token: uuid.UUID | None = None
+) -> bool:
+    """Recovery hook: free an in-flight key whose work is known never to have happened (only the claim
+    ``claim_token`` when given), in the caller's transaction."""
     k = IdempotencyKey
-    result = await session.execute(delete(k).where(k.user_id == user_id, k.key == key, k.state == IN_FLIGHT))
-    return rowcount(result) == 1
+    conditions = [k.user_id == user_id, k.key == key, k.state == IN_FLIGHT]
+    if claim_token is not None:
+        conditions.append(k.claim_token == claim_token)
+    result = await session.execute(delete(k).where(*conditions))
+    if rowcount(result):
+        IDEMPOTENCY_RELEASED.inc()
+        return True
+    return False
 
 
 def _purge_statement(batch_size: int) -> Any:

@@ -1,0 +1,1 @@
+"""Broker orders: placement in atomic phases under an Idempotency-Key, reads, cancel, reconciliation."""

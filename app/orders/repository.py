@@ -1,0 +1,244 @@
+"""All orders SQL. Every statement that changes an order's status also writes its ``order_events`` row,
+in the same statement (a data-modifying CTE), so a transition and its audit record cannot be split.
+
+Concurrency: an order row carries ``version``; every change is ``UPDATE … WHERE id = … AND version = …``,
+so the request that placed the order (phase (c)), the reconciler and a cancel never overwrite each
+other's newer state — the loser sees no row and re-reads. The reconciler takes due orders with
+``FOR UPDATE SKIP LOCKED`` and leases them (pushes ``next_reconcile_at`` forward) in one statement, so
+several processes share the work and none looks at an order another is handling.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Interval, bindparam, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.orders import states
+
+_COLUMNS = (
+    "id, user_id, idempotency_key, idempotency_claim, client_order_id, provider, symbol, side, type, time_in_force, qty, "
+    "limit_price, status, filled_qty, filled_avg_price, broker_order_id, broker_status, reject_reason, "
+    "version, reconcile_attempts, next_reconcile_at, created_at, updated_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    idempotency_key: str
+    idempotency_claim: uuid.UUID
+    client_order_id: str
+    provider: str
+    symbol: str
+    side: str
+    type: str
+    time_in_force: str
+    qty: Decimal
+    limit_price: Decimal | None
+    status: str
+    filled_qty: Decimal
+    filled_avg_price: Decimal | None
+    broker_order_id: str | None
+    broker_status: str | None
+    reject_reason: str | None
+    version: int
+    reconcile_attempts: int
+    next_reconcile_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+def _row(row: Any) -> OrderRow:
+    return OrderRow(**row._asdict())
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A new state for an order: the values to write and the event that explains them."""
+
+    status: str
+    reason: str
+    filled_qty: Decimal | None = None
+    filled_avg_price: Decimal | None = None
+    broker_order_id: str | None = None
+    broker_status: str | None = None
+    reject_reason: str | None = None
+    detail: str | None = None
+    # None: the reconciler has nothing more to do with it; else when it should look again.
+    next_reconcile_in: dt.timedelta | None = None
+
+
+_INSERT_SUBMITTING = text(
+    f"""
+    WITH o AS (
+        INSERT INTO orders (user_id, idempotency_key, idempotency_claim, client_order_id, provider, symbol, side, type,
+                            time_in_force, qty, limit_price, status, filled_qty, next_reconcile_at,
+                            created_at, updated_at)
+        SELECT CAST(:user_id AS uuid), CAST(:key AS varchar), CAST(:claim AS uuid),
+               CAST(:client_order_id AS varchar),
+               CAST(:provider AS varchar), CAST(:symbol AS varchar), CAST(:side AS varchar),
+               CAST(:type AS varchar), CAST(:time_in_force AS varchar), CAST(:qty AS numeric),
+               CAST(:limit_price AS numeric), '{states.SUBMITTING}', 0, now() + :first_check, now(), now()
+        WHERE {{held}}
+        RETURNING {_COLUMNS}
+    ), e AS (
+        INSERT INTO order_events (order_id, from_status, to_status, reason, filled_qty, created_at)
+        SELECT id, NULL, status, 'submitted', filled_qty, now() FROM o
+    )
+    SELECT {_COLUMNS} FROM o
+    """
+)
+
+_CHANGE = text(
+    f"""
+    WITH o AS (
+        UPDATE orders SET
+            status = CAST(:status AS varchar),
+            filled_qty = coalesce(CAST(:filled_qty AS numeric), filled_qty),
+            filled_avg_price = coalesce(CAST(:filled_avg_price AS numeric), filled_avg_price),
+            broker_order_id = coalesce(CAST(:broker_order_id AS varchar), broker_order_id),
+            broker_status = coalesce(CAST(:broker_status AS varchar), broker_status),
+            reject_reason = CASE WHEN CAST(:status AS varchar) = '{states.REJECTED}' THEN CAST(:reject_reason AS text) END,
+            next_reconcile_at = now() + :next_reconcile_in,
+            reconcile_attempts = CASE WHEN CAST(:status AS varchar) = status THEN reconcile_attempts ELSE 0 END,
+            version = version + 1,
+            updated_at = now()
+        WHERE id = :id AND version = :version
+        RETURNING {_COLUMNS}, CAST(:from_status AS varchar) AS from_status
+    ), e AS (
+        INSERT INTO order_events (order_id, from_status, to_status, reason, detail, filled_qty, created_at)
+        SELECT id, from_status, status, CAST(:reason AS varchar), CAST(:detail AS text), filled_qty, now() FROM o
+    )
+    SELECT {_COLUMNS} FROM o
+    """
+).bindparams(
+    bindparam("next_reconcile_in", type_=Interval()),
+)
+
+_RESCHEDULE = text(
+    "UPDATE orders SET next_reconcile_at = now() + :after WHERE id = :id AND version = :version"
+).bindparams(bindparam("after", type_=Interval()))
+
+_CLAIM_DUE = text(
+    f"""
+    UPDATE orders SET next_reconcile_at = now() + :lease, reconcile_attempts = reconcile_attempts + 1
+    WHERE id IN (
+        SELECT id FROM orders
+        WHERE next_reconcile_at <= now() AND provider = :provider
+        ORDER BY next_reconcile_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING {_COLUMNS}
+    """
+).bindparams(bindparam("lease", type_=Interval()))
+
+_PENDING_COUNT = text(
+    f"SELECT count(*) FROM orders WHERE status IN ('{states.SUBMITTING}', '{states.PENDING_RECONCILIATION}')"
+)
+
+
+class OrderRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def insert_submitting(
+        self,
+        *,
+        held_sql: str,
+        held_params: dict[str, Any],
+        first_check: dt.timedelta,
+        **values: Any,
+    ) -> OrderRow | None:
+        """Phase (a): the order as ``submitting`` and its first event, only while ``held_sql`` (the
+        Idempotency-Key claim) holds. None when the claim was lost."""
+        stmt = text(_INSERT_SUBMITTING.text.replace("{held}", held_sql)).bindparams(
+            bindparam("first_check", type_=Interval())
+        )
+        result = await self.session.execute(stmt, {**values, **held_params, "first_check": first_check})
+        row = result.first()
+        return None if row is None else _row(row)
+
+    async def change(self, order: OrderRow, change: Change) -> OrderRow | None:
+        """Move ``order`` (at its version) to ``change``, with its event; None if it changed meanwhile.
+        Raises ``states.IllegalTransition`` for a change the state machine forbids."""
+        states.check_transition(order.status, change.status)
+        params = {
+            "id": order.id,
+            "version": order.version,
+            "from_status": order.status,
+            "status": change.status,
+            "reason": change.reason,
+            "detail": change.detail,
+            "filled_qty": change.filled_qty,
+            "filled_avg_price": change.filled_avg_price,
+            "broker_order_id": change.broker_order_id,
+            "broker_status": change.broker_status,
+            "reject_reason": change.reject_reason,
+            "next_reconcile_in": change.next_reconcile_in,
+        }
+        row = (await self.session.execute(_CHANGE, params)).first()
+        return None if row is None else _row(row)
+
+    async def reschedule(self, order: OrderRow, after: dt.timedelta | None) -> None:
+        """Look at ``order`` again after ``after`` (None: never again); no state change, no event."""
+        await self.session.execute(_RESCHEDULE, {"id": order.id, "version": order.version, "after": after})
+
+    async def claim_due(self, *, provider: str, limit: int, lease: dt.timedelta) -> list[OrderRow]:
+        """Up to ``limit`` orders due for reconciliation, leased for ``lease`` (skipping locked ones)."""
+        result = await self.session.execute(
+            _CLAIM_DUE, {"provider": provider, "limit": limit, "lease": lease}
+        )
+        return [_row(r) for r in result]
+
+    async def get(self, *, user_id: uuid.UUID, order_id: uuid.UUID) -> OrderRow | None:
+        result = await self.session.execute(
+            text(f"SELECT {_COLUMNS} FROM orders WHERE id = :id AND user_id = :user_id"),
+            {"id": order_id, "user_id": user_id},
+        )
+        row = result.first()
+        return None if row is None else _row(row)
+
+    async def get_by_id(self, order_id: uuid.UUID) -> OrderRow | None:
+        result = await self.session.execute(
+            text(f"SELECT {_COLUMNS} FROM orders WHERE id = :id"), {"id": order_id}
+        )
+        row = result.first()
+        return None if row is None else _row(row)
+
+    async def page(
+        self, *, user_id: uuid.UUID, limit: int, after: tuple[dt.datetime, uuid.UUID] | None
+    ) -> list[OrderRow]:
+        """Newest first, keyset-paginated on (created_at, id)."""
+        where = "user_id = :user_id"
+        params: dict[str, Any] = {"user_id": user_id, "limit": limit}
+        if after is not None:
+            where += " AND (created_at, id) < (:after_at, :after_id)"
+            params.update(after_at=after[0], after_id=after[1])
+        result = await self.session.execute(
+            text(
+                f"SELECT {_COLUMNS} FROM orders WHERE {where} ORDER BY created_at DESC, id DESC LIMIT :limit"
+            ),
+            params,
+        )
+        return [_row(r) for r in result]
+
+    async def events(self, order_id: uuid.UUID) -> list[Any]:
+        result = await self.session.execute(
+            text(
+                "SELECT from_status, to_status, reason, detail, filled_qty, created_at FROM order_events "
+                "WHERE order_id = :id ORDER BY id"
+            ),
+            {"id": order_id},
+        )
+        return list(result)
+
+    async def pending_count(self) -> int:
+        return int((await self.session.execute(_PENDING_COUNT)).scalar_one())

@@ -1,0 +1,52 @@
+"""Helpers for the orders tests: a user with a token, order bodies, fresh keys, direct table reads."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import Any
+
+import httpx
+
+from tests.auth.helpers import bearer, fetch, signup_and_token
+
+_keys = itertools.count(1)
+
+
+def new_key(prefix: str = "key") -> str:
+    return f"{prefix}-{next(_keys):06d}-{uuid.uuid4().hex[:8]}"
+
+
+def market(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"symbol": "AAPL", "qty": "10", "side": "buy", "type": "market", "time_in_force": "day"}
+    body.update(overrides)
+    return body
+
+
+def limit(price: str, **overrides: Any) -> dict[str, Any]:
+    return market(type="limit", limit_price=price, time_in_force="gtc", **overrides)
+
+
+async def trader(client: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, str]]:
+    """A new user and the Authorization header of their token."""
+    user, token = await signup_and_token(client)
+    return user, bearer(token)
+
+
+async def place(
+    client: httpx.AsyncClient, auth: dict[str, str], body: dict[str, Any], key: str | None = None
+) -> httpx.Response:
+    return await client.post("/v1/orders", json=body, headers={**auth, "Idempotency-Key": key or new_key()})
+
+
+async def events(database_url: str, order_id: str) -> list[tuple[str | None, str, str]]:
+    rows = await fetch(
+        database_url,
+        "SELECT from_status, to_status, reason FROM order_events WHERE order_id = $1 ORDER BY id",
+        uuid.UUID(order_id),
+    )
+    return [(r["from_status"], r["to_status"], r["reason"]) for r in rows]
+
+
+async def order_rows(database_url: str) -> list[Any]:
+    return await fetch(database_url, "SELECT * FROM orders ORDER BY created_at")
