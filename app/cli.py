@@ -3,6 +3,8 @@
 rotate-token-keys   re-encrypt every stored broker token with the newest TOKEN_ENCRYPTION_KEY
 purge-oauth-states  delete OAuth states that expired more than a day ago
 purge-idempotency-keys  delete expired Idempotency-Key records (the cleanup loop does it every 5 min)
+reconcile-now       one reconciler pass now: settle unknown-outcome orders, refresh open ones (the
+                    app's loop does it every RECONCILE_INTERVAL_SECONDS); exits 1 if a lookup failed
 
 This module only parses arguments, builds what a command needs from the settings and calls the
 feature's service; it prints one JSON line and exits 1 when the work is incomplete.
@@ -23,6 +25,11 @@ from app.core import idempotency
 from app.core.config import Settings, load_settings_or_exit
 from app.core.crypto import TokenCipher
 from app.core.db import Database, create_engine
+from app.core.http import Outbound
+from app.core.redisconn import close_redis, connect_redis
+from app.orders import service as orders_service
+from app.providers.broker import build_broker
+from app.providers.market_data import build_market_data
 
 
 async def rotate_token_keys(database: Database, settings: Settings) -> dict[str, int]:
@@ -40,15 +47,39 @@ async def purge_idempotency_keys(database: Database, settings: Settings) -> dict
     return {"deleted": await idempotency.purge_expired(database=database)}
 
 
+async def reconcile_now(database: Database, settings: Settings) -> dict[str, int]:
+    # The same broker, breaker (shared through Redis when set) and accounts as the app builds.
+    redis = connect_redis(settings.redis_url.get_secret_value() if settings.redis_url else None)
+    outbound = Outbound(settings, redis=redis)
+    market_data = build_market_data(settings, outbound, redis)
+    try:
+        broker = build_broker(settings, outbound, database=database, market_data=market_data)
+        report = await orders_service.reconcile(
+            database=database,
+            broker=broker,
+            policy=orders_service.OrderPolicy.from_settings(settings, provider=broker.name),
+            accounts=orders_service.broker_accounts(
+                provider=broker.name, database=database, cipher=TokenCipher(settings.token_encryption_keys)
+            ),
+        )
+    finally:
+        await market_data.aclose()
+        await outbound.aclose()
+        await close_redis(redis)
+    return dataclasses.asdict(report)
+
+
 COMMANDS: dict[str, Callable[[Database, Settings], Awaitable[dict[str, int]]]] = {
     "rotate-token-keys": rotate_token_keys,
     "purge-oauth-states": purge_oauth_states,
     "purge-idempotency-keys": purge_idempotency_keys,
+    "reconcile-now": reconcile_now,
 }
 
 
 async def _run(command: str, settings: Settings) -> dict[str, int]:
-    database = Database(create_engine(settings, pool_size=1, max_overflow=0))
+    # Small: one connection, a few more while the reconciler looks orders up side by side.
+    database = Database(create_engine(settings, pool_size=1, max_overflow=8))
     try:
         return await COMMANDS[command](database, settings)
     finally:
@@ -64,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings_or_exit()
     result = asyncio.run(_run(args.command, settings))
     print(json.dumps({"command": args.command, **result}))
-    return 1 if result.get("unreadable") or result.get("skipped_locked") else 0
+    return 1 if result.get("unreadable") or result.get("skipped_locked") or result.get("failed") else 0
 
 
 if __name__ == "__main__":

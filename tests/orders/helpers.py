@@ -1,4 +1,5 @@
-"""Helpers for the orders tests: a user with a token, order bodies, fresh keys, direct table reads."""
+"""Helpers for the orders tests: a user with a token, order bodies, fresh keys, direct table reads and
+writes (a linked Alpaca account, an order made due for the reconciler)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 
 import httpx
 
+from app.core.crypto import TokenCipher
 from tests.auth.helpers import bearer, fetch, signup_and_token
+from tests.support.settings import TEST_FERNET_KEY
 
 _keys = itertools.count(1)
 
@@ -18,13 +21,19 @@ def new_key(prefix: str = "key") -> str:
 
 
 def market(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"symbol": "AAPL", "qty": "10", "side": "buy", "type": "market", "time_in_force": "day"}
+    body: dict[str, Any] = {
+        "symbol": "AAPL",
+        "qty": "10",
+        "side": "buy",
+        "type": "market",
+        "time_in_force": "day",
+    }
     body.update(overrides)
     return body
 
 
-def limit(price: str, **overrides: Any) -> dict[str, Any]:
-    return market(type="limit", limit_price=price, time_in_force="gtc", **overrides)
+def limit(price: Any, **overrides: Any) -> dict[str, Any]:
+    return market(**{"type": "limit", "limit_price": price, "time_in_force": "gtc", **overrides})
 
 
 async def trader(client: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, str]]:
@@ -50,3 +59,33 @@ async def events(database_url: str, order_id: str) -> list[tuple[str | None, str
 
 async def order_rows(database_url: str) -> list[Any]:
     return await fetch(database_url, "SELECT * FROM orders ORDER BY created_at")
+
+
+async def link_alpaca(database_url: str, user_id: str, token: str) -> None:
+    """Link an Alpaca account the way the OAuth callback stores it: one broker_connections row with the
+    access token encrypted under the test Fernet key."""
+    cipher = TokenCipher([TEST_FERNET_KEY])
+    await fetch(
+        database_url,
+        "INSERT INTO broker_connections (user_id, provider, access_token_encrypted, scope) "
+        "VALUES ($1, 'alpaca', $2, 'trading')",
+        uuid.UUID(user_id),
+        cipher.encrypt(token),
+    )
+
+
+async def order_row(database_url: str, order_id: str) -> Any:
+    rows = await fetch(database_url, "SELECT * FROM orders WHERE id = $1", uuid.UUID(order_id))
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+async def make_due(database_url: str, order_id: str, *, past_grace: bool = False) -> None:
+    """Make the order due for the next reconciler pass; with ``past_grace``, also move its creation ten
+    minutes back (time passing beyond RECONCILE_GRACE_SECONDS, without sleeping)."""
+    age = "created_at - interval '10 minutes'" if past_grace else "created_at"
+    await fetch(
+        database_url,
+        f"UPDATE orders SET next_reconcile_at = now(), created_at = {age} WHERE id = $1",
+        uuid.UUID(order_id),
+    )
