@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -47,25 +48,33 @@ async def get_current_user(
     return user
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated caller whose user row exists (only the id is loaded)."""
+
+    id: uuid.UUID
+
+
 async def get_current_user_detached(
     request: Request,
     database: DatabaseDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
-    """``get_current_user`` without the request session: the user is read by one autocommit statement
-    and the connection goes straight back to the pool. For routes that call an outside system (the
-    broker), which must not hold a pooled connection — an open transaction — while it answers."""
+) -> Caller:
+    """``get_current_user`` without the request session: the user's existence is checked by one
+    autocommit statement and the connection goes straight back to the pool. For routes that call an
+    outside system (the broker), which must not hold a pooled connection — an open transaction —
+    while it answers, and that need only the caller's id."""
     if credentials is None or not credentials.credentials:
         raise Unauthorized()
     user_id = decode_access_token(credentials.credentials, settings=settings)
     async with database.own_transaction(single_statement=True) as session:
-        user = await UserRepository(session).get(user_id)
-    if user is None:
+        exists = await UserRepository(session).exists(user_id)
+    if not exists:
         log.info("access token refused", extra={"reason": "user-not-found"})
         raise InvalidToken()
-    _remember_user(request, user.id)
-    return user
+    _remember_user(request, user_id)
+    return Caller(user_id)
 
 
 async def get_optional_caller(request: Request, settings: SettingsDep) -> uuid.UUID | None:
@@ -88,6 +97,6 @@ async def get_optional_caller(request: Request, settings: SettingsDep) -> uuid.U
 # The authenticated user (401 problem+json otherwise).
 CurrentUser = Annotated[User, Depends(get_current_user)]
 # The same, read without holding a connection: for routes that call the broker (app/orders/).
-CurrentUserDetached = Annotated[User, Depends(get_current_user_detached)]
+CurrentUserDetached = Annotated[Caller, Depends(get_current_user_detached)]
 # The caller's user id if a bearer token was sent, else None.
 OptionalCaller = Annotated[uuid.UUID | None, Depends(get_optional_caller)]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import User
@@ -33,6 +33,9 @@ def _is_email_unique_violation(exc: sqlalchemy.exc.IntegrityError) -> bool:
         return False
     constraint = getattr(getattr(orig, "__cause__", None), "constraint_name", None)
     return constraint is None or constraint == EMAIL_UNIQUE_CONSTRAINT
+
+
+_EXISTS = select(User.id).where(User.id == bindparam("user_id"))
 
 
 class UserRepository:
@@ -61,6 +64,10 @@ class UserRepository:
 
     async def get(self, user_id: uuid.UUID) -> User | None:
         return await self.session.get(User, user_id)
+
+    async def exists(self, user_id: uuid.UUID) -> bool:
+        """Whether the user exists: one small Core statement, no ORM identity map (hot paths)."""
+        return (await self.session.execute(_EXISTS, {"user_id": user_id})).first() is not None
 
     async def get_credentials(self, email_normalized: str) -> Credentials | None:
         row = (

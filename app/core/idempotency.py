@@ -107,6 +107,7 @@ multiprocess mode needs nothing special): ``idempotency_requests_total{outcome}`
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -120,7 +121,24 @@ from typing import Annotated, Any, Self
 from fastapi import FastAPI, Header, Request, params
 from fastapi.encoders import jsonable_encoder
 from prometheus_client import Counter
-from sqlalchemy import and_, delete, false, func, null, or_, select, true, tuple_, union_all, update
+from sqlalchemy import (
+    Interval,
+    LargeBinary,
+    SmallInteger,
+    and_,
+    bindparam,
+    delete,
+    false,
+    func,
+    null,
+    or_,
+    select,
+    true,
+    tuple_,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
@@ -347,6 +365,32 @@ class _StoredResponse:
         return _build_response(self.status_code, self.headers, self.body)
 
 
+@functools.cache
+def _store_statement(by_claim: bool) -> Any:
+    """Completion, built once per kind (the holder's claim, or whoever holds the key) from bind parameters."""
+    k = IdempotencyKey
+    conditions = [
+        k.user_id == bindparam("b_user_id", type_=k.user_id.type),
+        k.key == bindparam("b_key", type_=k.key.type),
+        k.state == IN_FLIGHT,
+    ]
+    if by_claim:
+        conditions.append(k.claim_token == bindparam("b_claim_token", type_=k.claim_token.type))
+    return (
+        update(k)
+        .where(*conditions)
+        .values(
+            state=COMPLETED,
+            locked_at=None,
+            claim_token=None,
+            response_status=bindparam("b_response_status", type_=k.response_status.type),
+            response_headers=bindparam("b_response_headers", type_=k.response_headers.type),
+            response_body=bindparam("b_response_body", type_=k.response_body.type),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def _store(
     session: AsyncSession,
     *,
@@ -355,27 +399,24 @@ async def _store(
     claim_token: uuid.UUID | None,
     stored: _StoredResponse,
 ) -> bool:
-    conditions = [
-        IdempotencyKey.user_id == user_id,
-        IdempotencyKey.key == key,
-        IdempotencyKey.state == IN_FLIGHT,
-    ]
+    params: dict[str, Any] = {
+        "b_user_id": user_id,
+        "b_key": key,
+        "b_response_status": stored.status_code,
+        "b_response_headers": stored.headers,
+        "b_response_body": stored.body,
+    }
     if claim_token is not None:
-        conditions.append(IdempotencyKey.claim_token == claim_token)
-    stmt = (
-        update(IdempotencyKey)
-        .where(*conditions)
-        .values(
-            state=COMPLETED,
-            locked_at=None,
-            claim_token=None,
-            response_status=stored.status_code,
-            response_headers=stored.headers,
-            response_body=stored.body,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return rowcount(await session.execute(stmt)) == 1
+        params["b_claim_token"] = claim_token
+    return rowcount(await session.execute(_store_statement(claim_token is not None), params)) == 1
+
+
+@dataclass(frozen=True)
+class PreparedCompletion:
+    """A response ready to be stored by ``IdempotencyRecord.COMPLETE_SQL`` (see there)."""
+
+    params: dict[str, Any]
+    stored: _StoredResponse
 
 
 class IdempotencyRecord:
@@ -386,7 +427,7 @@ class IdempotencyRecord:
         self.key = key
         self.fingerprint = fingerprint
         self.claim_token = claim_token  # the claim's identity
-        self.completed = False
+        self.completed_flag = False
         self.kept = False
 
     # A condition for a raw SQL statement that must only take effect while this request still holds its
@@ -399,6 +440,51 @@ class IdempotencyRecord:
     def held_params(self) -> dict[str, Any]:
         """The bind parameters of ``HELD_SQL`` for this claim."""
         return {"idem_user_id": self.user_id, "idem_key": self.key, "idem_claim_token": self.claim_token}
+
+    # The completion as raw SQL, for a feature that must store its response in the same statement as
+    # its result (an order's phase (c): one round trip instead of a transaction of four). Use it as a
+    # data-modifying CTE gated on the result (``… AND EXISTS (SELECT 1 FROM <result>)``), bind
+    # ``PreparedCompletion.params`` (typed by ``COMPLETION_TYPES``) and, when the statement says it
+    # completed, call ``completed(prepared)`` for the Response to send.
+    COMPLETE_SQL = (
+        f"UPDATE idempotency_keys SET state = '{COMPLETED}', locked_at = NULL, claim_token = NULL, "
+        "response_status = :idem_status, response_headers = :idem_headers, response_body = :idem_body "
+        "WHERE user_id = :idem_user_id AND key = :idem_key "
+        f"AND state = '{IN_FLIGHT}' AND claim_token = :idem_claim_token"
+    )
+    COMPLETION_TYPES = (
+        bindparam("idem_status", type_=SmallInteger()),
+        bindparam("idem_headers", type_=JSONB()),
+        bindparam("idem_body", type_=LargeBinary()),
+    )
+
+    def prepare_completion(
+        self,
+        *,
+        status_code: int,
+        content: Any = None,
+        body: bytes | None = None,
+        media_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
+    ) -> "PreparedCompletion":
+        """The response rendered and stored-ready, with the bind parameters of ``COMPLETE_SQL``."""
+        stored = _StoredResponse.of(
+            status_code=status_code, content=content, body=body, media_type=media_type, headers=headers
+        )
+        params = {
+            **self.held_params(),
+            "idem_status": stored.status_code,
+            "idem_headers": stored.headers,
+            "idem_body": stored.body,
+        }
+        return PreparedCompletion(params=params, stored=stored)
+
+    def completed(self, prepared: "PreparedCompletion") -> Response:
+        """Record that ``COMPLETE_SQL`` stored ``prepared`` (its statement committed): the Response."""
+        if self.completed_flag:
+            raise RuntimeError("this idempotency record is already completed")
+        self.completed_flag = True
+        return prepared.stored.response()
 
     def keep(self) -> None:
         """From here on an error does not release the key: call it before the first effect that commits
@@ -419,7 +505,7 @@ class IdempotencyRecord:
         """Store the response in ``session``'s transaction (the one that commits the route's result) and
         return it, ready to send. ``content`` is rendered as JSON unless raw ``body`` bytes are given.
         Raises ``IdempotencyClaimLost`` (409) when this request no longer holds the key."""
-        if self.completed:
+        if self.completed_flag:
             raise RuntimeError("this idempotency record is already completed")
         stored = _StoredResponse.of(
             status_code=status_code, content=content, body=body, media_type=media_type, headers=headers
@@ -433,7 +519,7 @@ class IdempotencyRecord:
                 "its answer.",
                 headers={"Retry-After": str(IN_FLIGHT_RETRY_AFTER_SECONDS)},
             )
-        self.completed = True
+        self.completed_flag = True
         return stored.response()
 
 
@@ -450,35 +536,31 @@ class _Row:
     response_body: bytes | None
 
 
-def _claim_statement(
-    *,
-    user_id: uuid.UUID,
-    key: str,
-    fingerprint: str,
-    claim_token: uuid.UUID,
-    ttl_seconds: int,
-    takeover_after: float | None,
-) -> Any:
+@functools.cache
+def _claim_statement(takeover: bool) -> Any:
+    """The claim, built once per kind (with or without takeover) from bind parameters, so SQLAlchemy
+    compiles it once and every request only binds ``user_id``, ``key``, ``fingerprint``, ``claim_token``,
+    ``ttl`` and (with takeover) ``takeover_after``."""
     k = IdempotencyKey
     now = func.now()
     insert = pg_insert(k).values(
-        user_id=user_id,
-        key=key,
-        fingerprint=fingerprint,
+        user_id=bindparam("b_user_id", type_=k.user_id.type),
+        key=bindparam("b_key", type_=k.key.type),
+        fingerprint=bindparam("b_fingerprint", type_=k.fingerprint.type),
         state=IN_FLIGHT,
         locked_at=func.clock_timestamp(),
-        claim_token=claim_token,
+        claim_token=bindparam("b_claim_token", type_=k.claim_token.type),
         created_at=now,
-        expires_at=now + dt.timedelta(seconds=ttl_seconds),
+        expires_at=now + bindparam("b_ttl", type_=Interval()),
     )
     reclaimable = k.expires_at <= now
-    if takeover_after is not None:
+    if takeover:
         reclaimable = or_(
             reclaimable,
             and_(
                 k.state == IN_FLIGHT,
                 k.fingerprint == insert.excluded.fingerprint,
-                k.locked_at <= now - dt.timedelta(seconds=takeover_after),
+                k.locked_at <= now - bindparam("b_takeover_after", type_=Interval()),
             ),
         )
     columns = (k.state, k.fingerprint, k.response_status, k.response_headers, k.response_body)
@@ -505,8 +587,8 @@ def _claim_statement(
     # transaction committed (or re-claimed) after that snapshot may be missing or show its old, expired
     # version — hence `expires_at > now()`; the caller then runs the statement again, with a fresh one.
     existing = select(false().label("claimed"), *columns).where(
-        k.user_id == user_id,
-        k.key == key,
+        k.user_id == bindparam("b_user_id", type_=k.user_id.type),
+        k.key == bindparam("b_key", type_=k.key.type),
         k.expires_at > now,
         ~select(claimed.c.claimed).exists(),
     )
@@ -523,17 +605,19 @@ async def _claim(
     ttl_seconds: int,
     takeover_after: float | None,
 ) -> _Row:
-    stmt = _claim_statement(
-        user_id=user_id,
-        key=key,
-        fingerprint=fingerprint,
-        claim_token=claim_token,
-        ttl_seconds=ttl_seconds,
-        takeover_after=takeover_after,
-    )
+    stmt = _claim_statement(takeover_after is not None)
+    params: dict[str, Any] = {
+        "b_user_id": user_id,
+        "b_key": key,
+        "b_fingerprint": fingerprint,
+        "b_claim_token": claim_token,
+        "b_ttl": dt.timedelta(seconds=ttl_seconds),
+    }
+    if takeover_after is not None:
+        params["b_takeover_after"] = dt.timedelta(seconds=takeover_after)
     for _ in range(5):
         async with database.own_transaction(single_statement=True) as session:
-            row = (await session.execute(stmt)).first()
+            row = (await session.execute(stmt, params)).first()
         if row is not None:
             return _Row(**row._asdict())
         # Raced with a transaction that committed after this statement's snapshot: look again.
@@ -713,7 +797,7 @@ def idempotency_key(*, owner: Callable[..., Any], takeover_after: float | None) 
                 except Exception as exc:  # the route's own error is the one to answer
                     log_exception(log, "could not release an idempotency claim", exc)
             raise
-        if not (record.completed or record.kept):
+        if not (record.completed_flag or record.kept):
             log.error(
                 "route returned without completing its idempotency record",
                 extra={"route": route_template(request.scope)},

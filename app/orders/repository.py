@@ -10,15 +10,18 @@ several processes share the work and none looks at an order another is handling.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Interval, bindparam, text
+from sqlalchemy import DateTime, Interval, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.idempotency import IdempotencyRecord
 from app.orders import states
 
 _COLUMNS = (
@@ -96,6 +99,15 @@ _INSERT_SUBMITTING = text(
     """
 )
 
+
+@functools.cache
+def _insert_submitting(held_sql: str) -> Any:
+    """Phase (a)'s statement under the claim condition, built once (SQLAlchemy caches its compiled form)."""
+    return text(_INSERT_SUBMITTING.text.replace("{held}", held_sql)).bindparams(
+        bindparam("first_check", type_=Interval())
+    )
+
+
 _CHANGE = text(
     f"""
     WITH o AS (
@@ -109,7 +121,7 @@ _CHANGE = text(
             next_reconcile_at = now() + :next_reconcile_in,
             reconcile_attempts = CASE WHEN CAST(:status AS varchar) = status THEN reconcile_attempts ELSE 0 END,
             version = version + 1,
-            updated_at = now()
+            updated_at = :updated_at
         WHERE id = :id AND version = :version
         RETURNING {_COLUMNS}, CAST(:from_status AS varchar) AS from_status
     ), e AS (
@@ -120,7 +132,27 @@ _CHANGE = text(
     """
 ).bindparams(
     bindparam("next_reconcile_in", type_=Interval()),
+    bindparam("updated_at", type_=DateTime(timezone=True)),
 )
+
+
+@functools.cache
+def _change_and_complete(complete_sql: str) -> Any:
+    """``_CHANGE`` plus the Idempotency-Key completion, in one statement: the completion runs only if the
+    order changed, and reports whether it stored the answer."""
+    body = _CHANGE.text.rsplit("SELECT", 1)[0]
+    return text(
+        f"""{body}, k AS (
+            {complete_sql} AND EXISTS (SELECT 1 FROM o) RETURNING 1
+        )
+        SELECT {_COLUMNS}, (SELECT count(*) FROM k) AS completed FROM o
+        """
+    ).bindparams(
+        bindparam("next_reconcile_in", type_=Interval()),
+        bindparam("updated_at", type_=DateTime(timezone=True)),
+        *IdempotencyRecord.COMPLETION_TYPES,
+    )
+
 
 _RESCHEDULE = text(
     "UPDATE orders SET next_reconcile_at = now() + :after WHERE id = :id AND version = :version"
@@ -145,6 +177,43 @@ _PENDING_COUNT = text(
 )
 
 
+def _change_params(order: OrderRow, change: Change, at: dt.datetime | None) -> dict[str, Any]:
+    states.check_transition(order.status, change.status)
+    return {
+        "id": order.id,
+        "version": order.version,
+        "from_status": order.status,
+        "status": change.status,
+        "reason": change.reason,
+        "detail": change.detail,
+        "filled_qty": change.filled_qty,
+        "filled_avg_price": change.filled_avg_price,
+        "broker_order_id": change.broker_order_id,
+        "broker_status": change.broker_status,
+        "reject_reason": change.reject_reason,
+        "next_reconcile_in": change.next_reconcile_in,
+        "updated_at": at or dt.datetime.now(dt.UTC),
+    }
+
+
+def predict(order: OrderRow, change: Change, at: dt.datetime) -> OrderRow:
+    """The row ``change`` at ``at`` makes of ``order`` (``_CHANGE``'s arithmetic, in Python), so that a
+    response can be rendered before the statement that stores it runs."""
+    return dataclasses.replace(
+        order,
+        status=change.status,
+        filled_qty=order.filled_qty if change.filled_qty is None else change.filled_qty,
+        filled_avg_price=order.filled_avg_price
+        if change.filled_avg_price is None
+        else change.filled_avg_price,
+        broker_order_id=order.broker_order_id if change.broker_order_id is None else change.broker_order_id,
+        broker_status=order.broker_status if change.broker_status is None else change.broker_status,
+        reject_reason=change.reject_reason if change.status == states.REJECTED else None,
+        version=order.version + 1,
+        updated_at=at,
+    )
+
+
 class OrderRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
@@ -159,33 +228,31 @@ class OrderRepository:
     ) -> OrderRow | None:
         """Phase (a): the order as ``submitting`` and its first event, only while ``held_sql`` (the
         Idempotency-Key claim) holds. None when the claim was lost."""
-        stmt = text(_INSERT_SUBMITTING.text.replace("{held}", held_sql)).bindparams(
-            bindparam("first_check", type_=Interval())
-        )
+        stmt = _insert_submitting(held_sql)
         result = await self.session.execute(stmt, {**values, **held_params, "first_check": first_check})
         row = result.first()
         return None if row is None else _row(row)
 
-    async def change(self, order: OrderRow, change: Change) -> OrderRow | None:
-        """Move ``order`` (at its version) to ``change``, with its event; None if it changed meanwhile.
-        Raises ``states.IllegalTransition`` for a change the state machine forbids."""
-        states.check_transition(order.status, change.status)
-        params = {
-            "id": order.id,
-            "version": order.version,
-            "from_status": order.status,
-            "status": change.status,
-            "reason": change.reason,
-            "detail": change.detail,
-            "filled_qty": change.filled_qty,
-            "filled_avg_price": change.filled_avg_price,
-            "broker_order_id": change.broker_order_id,
-            "broker_status": change.broker_status,
-            "reject_reason": change.reject_reason,
-            "next_reconcile_in": change.next_reconcile_in,
-        }
-        row = (await self.session.execute(_CHANGE, params)).first()
+    async def change(
+        self, order: OrderRow, change: Change, *, at: dt.datetime | None = None
+    ) -> OrderRow | None:
+        """Move ``order`` (at its version) to ``change`` at ``at`` (default now), with its event; None if it
+        changed meanwhile. Raises ``states.IllegalTransition`` for a change the state machine forbids."""
+        row = (await self.session.execute(_CHANGE, _change_params(order, change, at))).first()
         return None if row is None else _row(row)
+
+    async def change_and_complete(
+        self, order: OrderRow, change: Change, *, at: dt.datetime, completion: dict[str, Any]
+    ) -> tuple[OrderRow | None, bool]:
+        """``change`` and, in the same statement, the Idempotency-Key completion whose bind parameters are
+        ``completion`` (``PreparedCompletion.params``): (the changed order or None, whether it completed)."""
+        stmt = _change_and_complete(IdempotencyRecord.COMPLETE_SQL)
+        row = (await self.session.execute(stmt, {**_change_params(order, change, at), **completion})).first()
+        if row is None:
+            return None, False
+        values = row._asdict()
+        completed = bool(values.pop("completed"))
+        return OrderRow(**values), completed
 
     async def reschedule(self, order: OrderRow, after: dt.timedelta | None) -> None:
         """Look at ``order`` again after ``after`` (None: never again); no state change, no event."""

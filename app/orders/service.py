@@ -60,7 +60,7 @@ from app.orders.metrics import (
     RECONCILE_DURATION,
     RECONCILE_RUNS,
 )
-from app.orders.repository import Change, OrderRepository, OrderRow
+from app.orders.repository import Change, OrderRepository, OrderRow, predict
 from app.orders.schemas import OrderCreate, OrderOut, OrdersPage
 from app.providers.broker import (
     BrokerOrder,
@@ -337,31 +337,64 @@ async def place_order(
         outcome = "placed"
     elapsed = time.perf_counter() - started
 
-    # (c) result, with the stored answer (or the key released when nothing was sent).
-    async with database.own_transaction() as session:
-        repo = OrderRepository(session)
-        updated = await repo.change(order, change)
+    # (c) result, with the stored answer, in one statement; or, when nothing was sent, the rejection
+    # with the key released (a transaction: rare, and release is the core's own statement).
+    if release:
+        async with database.own_transaction() as session:
+            repo = OrderRepository(session)
+            updated = await repo.change(order, change)
+            if updated is not None:
+                log_transition(order.status, updated, change.reason, broker_seconds=round(elapsed, 4))
+                await release_in_flight(
+                    session, user_id=user_id, key=record.key, claim_token=record.claim_token
+                )
+        if updated is None:  # the reconciler settled it first: its state stands; answer it
+            response = await _answer_current(database, record, order.id)
+            failure = None
+    else:
+        at = dt.datetime.now(dt.UTC)
+        answer = answer_for(predict(order, change, at), refused=refused)
+        prepared = record.prepare_completion(
+            status_code=answer.status_code,
+            content=answer.content,
+            media_type=answer.media_type,
+            headers=answer.headers,
+        )
+        async with database.own_transaction(single_statement=True) as session:
+            updated, completed = await OrderRepository(session).change_and_complete(
+                order, change, at=at, completion=prepared.params
+            )
         if updated is None:  # the reconciler settled it first (this request outlived first_check)
-            current = await repo.get_by_id(order.id)
-            assert current is not None
-            updated, refused, release = current, None, False
+            response = await _answer_current(database, record, order.id)
         else:
             log_transition(order.status, updated, change.reason, broker_seconds=round(elapsed, 4))
-        if release:
-            await release_in_flight(session, user_id=user_id, key=record.key, claim_token=record.claim_token)
-        else:
-            answer = answer_for(updated, refused=refused)
-            response = await record.complete(
-                session,
-                status_code=answer.status_code,
-                content=answer.content,
-                media_type=answer.media_type,
-                headers=answer.headers,
-            )
+            if not completed:  # the key expired or was purged under us: the order stands, unanswered
+                raise IdempotencyClaimLost(
+                    "This Idempotency-Key expired while the order was placed; read the order with "
+                    f"GET {location(updated)}.",
+                    headers={"Retry-After": "1"},
+                )
+            response = record.completed(prepared)
     ORDERS.labels(outcome).inc()
     if failure is not None:
         raise failure
     return response
+
+
+async def _answer_current(database: Database, record: IdempotencyRecord, order_id: uuid.UUID) -> Response:
+    """Answer with the order as it is now (someone else moved it first), storing that for the key; the
+    reconciler usually completed the key already, and then this is 409 (the retry replays its answer)."""
+    async with database.own_transaction() as session:
+        current = await OrderRepository(session).get_by_id(order_id)
+        assert current is not None  # orders are never deleted but with their user
+        answer = answer_for(current)
+        return await record.complete(
+            session,
+            status_code=answer.status_code,
+            content=answer.content,
+            media_type=answer.media_type,
+            headers=answer.headers,
+        )
 
 
 # ------------------------------------------------------------------------------------------ reads

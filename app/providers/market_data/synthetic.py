@@ -122,6 +122,9 @@ class SyntheticProvider:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self._profiles: dict[str, _Profile] = {}
+        # The quote is a function of (symbol, whole second): computed once per second per symbol (about
+        # a millisecond of NumPy each), reused by every order priced in that second.
+        self._quotes: dict[str, Quote] = {}
 
     def _profile(self, symbol: str) -> _Profile:
         profile = self._profiles.get(symbol)
@@ -141,6 +144,15 @@ class SyntheticProvider:
 
     async def latest_quote(self, symbol: str) -> Quote:
         now = math.floor(self.clock())
+        cached = self._quotes.get(symbol)
+        if cached is not None and cached.timestamp.timestamp() == now:
+            return cached
+        if len(self._quotes) > 4096:
+            self._quotes.clear()
+        quote = self._quotes[symbol] = self._quote_at(symbol, now)
+        return quote
+
+    def _quote_at(self, symbol: str, now: int) -> Quote:
         last = float(_round_prices(self.price_at(symbol, np.array([float(now)])))[0])
         tick = 0.01 if last >= 1.0 else 0.0001
         half_spread = max(tick, last * 0.0002)
