@@ -305,3 +305,13 @@ async def test_a_resting_limit_order_fills_when_the_quote_crosses(make_client, d
     # Settled: the reconciler has nothing more to do with it.
     (row,) = await fetch(database_url, "SELECT next_reconcile_at FROM orders")
     assert row["next_reconcile_at"] is None
+
+
+async def test_a_token_of_a_deleted_user_is_refused_on_the_order_routes(make_client, database_url) -> None:
+    client = await make_client()
+    user, auth = await trader(client)
+    assert (await client.get("/v1/orders", headers=auth)).status_code == 200
+    await fetch(database_url, "DELETE FROM users WHERE id = $1", uuid.UUID(user["id"]))
+    assert_problem(await client.get("/v1/orders", headers=auth), 401)
+    assert_problem(await place(client, auth, market()), 401)
+    assert await fetch(database_url, "SELECT 1 FROM idempotency_keys") == []
