@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from app.alerts.router import router as alerts_router
 from app.auth.router import router as auth_router
 from app.billing.router import router as billing_router
 from app.brokers.router import router as brokers_router
@@ -18,3 +19,4 @@ api_router.include_router(billing_router)
 api_router.include_router(brokers_router)
 api_router.include_router(market_router)
 api_router.include_router(orders_router)
+api_router.include_router(alerts_router)

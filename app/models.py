@@ -1,5 +1,6 @@
 """Every ORM model, imported once so Alembic and tests see the whole schema."""
 
+from app.alerts.models import Alert, AlertDedup, DiscordWebhook  # noqa: F401
 from app.auth.models import User  # noqa: F401
 from app.billing.models import BillingAccount, BillingSubscription, Payment, StripeEvent  # noqa: F401
 from app.brokers.models import BrokerConnection, OAuthState  # noqa: F401

@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     rate_limit_login: str = "5/minute"
     rate_limit_signup: str = "20/hour"
     rate_limit_orders: str = "60/minute"
+    rate_limit_alerts: str = "30/minute"  # per user, on POST /v1/alerts/discord
     rate_limit_default: str = "600/minute"
 
     market_data_cache_seconds: int = Field(default=300, ge=1, le=86400)
@@ -184,7 +185,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// or rediss:// URL")
         return SecretStr(raw)
 
-    @field_validator("rate_limit_login", "rate_limit_signup", "rate_limit_orders", "rate_limit_default")
+    @field_validator(
+        "rate_limit_login",
+        "rate_limit_signup",
+        "rate_limit_orders",
+        "rate_limit_alerts",
+        "rate_limit_default",
+    )
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
         try:

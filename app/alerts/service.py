@@ -1,0 +1,72 @@
+"""Alert rules: the user's webhook (stored encrypted), enqueueing with the 60-second dedup, reading an
+alert. Sending is the dispatcher's (``app/workers/alerts.py`` over ``dispatch.py``), never the request's:
+a POST only writes a row, so Discord's limits and outages never slow or fail it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.alerts.repository import AlertRepository, Enqueued
+from app.alerts.schemas import AlertOut, AlertQueued
+from app.core.crypto import TokenCipher
+from app.core.db import Database
+from app.core.errors import Conflict, NotFound
+
+log = logging.getLogger("tradedesk.alerts")
+
+
+class WebhookMissing(Conflict):
+    slug = "discord-webhook-missing"
+
+
+def content_hash(content: str) -> str:
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+async def set_webhook(
+    *, session: AsyncSession, cipher: TokenCipher, user_id: uuid.UUID, webhook_id: str, webhook_token: str
+) -> None:
+    """Store (or replace) the user's webhook, its token encrypted; a disabled webhook is enabled again."""
+    await AlertRepository(session).set_webhook(
+        user_id=user_id, webhook_id=webhook_id, token_encrypted=cipher.encrypt(webhook_token)
+    )
+    log.info("discord webhook set", extra={"user_id": str(user_id)})
+
+
+async def enqueue(*, database: Database, user_id: uuid.UUID, content: str) -> AlertQueued:
+    """Queue ``content`` for the user's webhook; the same content within 60 s is the first alert."""
+    async with database.own_transaction(single_statement=True) as session:
+        webhook = await AlertRepository(session).get_webhook(user_id)
+    if webhook is None:
+        raise WebhookMissing("Set a Discord webhook first: PUT /v1/alerts/discord/webhook.")
+    if webhook.disabled_at is not None:
+        raise WebhookMissing(
+            f"Your Discord webhook was disabled ({webhook.disabled_reason or 'refused by Discord'}); "
+            "set it again with PUT /v1/alerts/discord/webhook."
+        )
+    digest = content_hash(content)
+    result: Enqueued | None = None
+    for _ in range(5):
+        async with database.own_transaction(single_statement=True) as session:
+            result = await AlertRepository(session).enqueue(
+                user_id=user_id, content=content, content_hash=digest, alert_id=uuid.uuid4()
+            )
+        if result is not None:
+            break
+    if result is None:
+        raise RuntimeError("alert enqueue found neither a slot nor its holder after 5 attempts")
+    status = "queued" if result.created else "deduplicated"
+    log.info("alert " + status, extra={"user_id": str(user_id), "alert_id": str(result.id)})
+    return AlertQueued(id=result.id, status=status)
+
+
+async def get_alert(*, session: AsyncSession, user_id: uuid.UUID, alert_id: uuid.UUID) -> AlertOut:
+    """The user's alert; 404 for an unknown id or another user's alert."""
+    alert = await AlertRepository(session).get(user_id=user_id, alert_id=alert_id)
+    if alert is None:
+        raise NotFound("No such alert.")
+    return AlertOut(id=alert.id, status=alert.status, attempts=alert.attempts, last_error=alert.last_error)
