@@ -67,7 +67,12 @@ async def test_an_alert_is_queued_as_a_row(make_client, database_url) -> None:
     assert body["status"] == "queued"
     (row,) = await fetch(database_url, "SELECT * FROM alerts")
     assert str(row["id"]) == body["id"] and str(row["user_id"]) == user["id"]
-    assert (row["content"], row["status"], row["attempts"], row["source"]) == ("AAPL crossed 200", "queued", 0, "api")
+    assert (row["content"], row["status"], row["attempts"], row["source"]) == (
+        "AAPL crossed 200",
+        "queued",
+        0,
+        "api",
+    )
     got = await client.get(f"/v1/alerts/{body['id']}", headers=auth)
     assert got.json() == {"id": body["id"], "status": "queued", "attempts": 0, "last_error": None}
 
@@ -80,7 +85,9 @@ async def test_markup_is_stripped_and_empty_or_long_content_is_422(make_client, 
     (row,) = await fetch(database_url, "SELECT content FROM alerts")
     assert "<" not in row["content"] and "fill" in row["content"]
     for bad in ["", "<i></i>", "x" * 2001]:
-        assert "content" in [e["field"] for e in assert_problem(await alert(client, auth, bad), 422)["errors"]]
+        assert "content" in [
+            e["field"] for e in assert_problem(await alert(client, auth, bad), 422)["errors"]
+        ]
 
 
 async def test_identical_content_within_60_s_is_deduplicated_per_user(make_client, database_url) -> None:
