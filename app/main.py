@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app import __version__
+from app.alerts.dispatch import Dispatcher
 from app.api import api_router
 from app.core.config import Settings, load_settings_or_exit
 from app.core.crypto import TokenCipher
@@ -36,9 +37,11 @@ from app.ops.readiness import ReadinessProbe
 from app.ops.router import router as ops_router
 from app.orders.service import OrderPolicy, broker_accounts
 from app.providers.broker import build_broker
+from app.providers.discord import build_discord
 from app.providers.market_data import build_market_data
 from app.providers.oauth import build_broker_oauth
 from app.providers.stripe import build_webhook_verifier
+from app.workers.alerts import AlertWorker
 from app.workers.cleanup import CleanupWorker
 from app.workers.reconciler import ReconcilerWorker
 
@@ -118,12 +121,26 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             database, app.state.broker, app.state.order_policy, app.state.broker_accounts
         )
         app.state.reconciler.start()
+        # Background loop: sends queued Discord alerts, throttled by Discord's answers (app/workers/alerts.py).
+        app.state.discord = build_discord(settings, app.state.outbound)
+        app.state.alerts = AlertWorker(
+            Dispatcher(
+                database,
+                app.state.discord,
+                app.state.token_cipher,
+                app.state.limiter,
+                dispatch_rate=settings.alert_dispatch_rate,
+                retry_base_seconds=settings.alert_retry_base_seconds,
+            )
+        )
+        app.state.alerts.start()
         if freeze_gc:
             gc.collect()
             gc.freeze()
         try:
             yield
         finally:
+            await app.state.alerts.stop()
             await app.state.reconciler.stop()
             await app.state.cleanup.stop()
             await app.state.market_data.aclose()

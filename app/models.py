@@ -1,6 +1,12 @@
 """Every ORM model, imported once so Alembic and tests see the whole schema."""
 
-from app.alerts.models import Alert, AlertDedup, DiscordWebhook  # noqa: F401
+from app.alerts.models import (  # noqa: F401
+    Alert,
+    AlertDedup,
+    DiscordErrorCount,
+    DiscordWebhook,
+    DispatchPause,
+)
 from app.auth.models import User  # noqa: F401
 from app.billing.models import BillingAccount, BillingSubscription, Payment, StripeEvent  # noqa: F401
 from app.brokers.models import BrokerConnection, OAuthState  # noqa: F401

@@ -26,8 +26,34 @@ class DiscordWebhook(Base):
     token_encrypted: Mapped[str] = mapped_column(Text)
     disabled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     disabled_reason: Mapped[str | None] = mapped_column(Text)
+    # What Discord last said about this webhook's bucket (X-RateLimit-*), and until when nothing may be
+    # sent to it (the bucket is empty, or a 429's retry_after).
+    rate_bucket: Mapped[str | None] = mapped_column(String(64))
+    rate_limit: Mapped[int | None] = mapped_column(Integer)
+    rate_remaining: Mapped[int | None] = mapped_column(Integer)
+    blocked_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class DispatchPause(Base):
+    """A pause of every send, shared by all dispatchers: a global 429, Cloudflare's header-less 429, or
+    too many 401/403/429 answers in 10 minutes (Discord bans the IP at 10,000)."""
+
+    __tablename__ = "alert_dispatch_pauses"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    paused_until: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class DiscordErrorCount(Base):
+    """401/403/429 answers per minute, across every process (the Cloudflare ban counter)."""
+
+    __tablename__ = "discord_error_counts"
+
+    minute: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
 
 
 class Alert(Base):
@@ -55,7 +81,13 @@ class Alert(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        Index("ix_alerts_user_seq", "user_id", "seq"),
+        # Each user's pending alerts in order: the dispatcher sends only the head of each.
+        Index(
+            "ix_alerts_user_pending",
+            "user_id",
+            "seq",
+            postgresql_where=text("status IN ('queued', 'sending')"),
+        ),
         Index(
             "ix_alerts_pending",
             "next_attempt_at",

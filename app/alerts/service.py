@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,6 +26,24 @@ class WebhookMissing(Conflict):
 
 def content_hash(content: str) -> str:
     return hashlib.sha256(content.encode()).hexdigest()
+
+
+def fill_alert_content(
+    *,
+    side: str,
+    symbol: str,
+    filled_qty: Decimal,
+    qty: Decimal,
+    avg_price: Decimal | None,
+    order_id: uuid.UUID,
+) -> str:
+    """The text of an order-fill alert (plain text; the orders feature queues it with the fill)."""
+    price = f" at an average of {format(avg_price, 'f')}" if avg_price is not None else ""
+    if filled_qty >= qty:
+        head = f"Order filled: {side} {format(filled_qty, 'f')} {symbol}"
+    else:
+        head = f"Order partially filled: {side} {format(filled_qty, 'f')} of {format(qty, 'f')} {symbol}"
+    return f"{head}{price} (order {order_id})."
 
 
 async def set_webhook(

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(default=86400, ge=60, le=30 * 86400)
     reconcile_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
     reconcile_grace_seconds: float = Field(default=30.0, gt=0, le=86400)
+    # The Discord dispatcher: the first retry's pause (doubled per attempt, with jitter, capped at 5 min),
+    # and its own cap on sends per second across every process (Discord's global limit is 50/s).
+    alert_retry_base_seconds: float = Field(default=2.0, gt=0, le=300)
+    alert_dispatch_rate: str = "40/second"
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=100 * 1_048_576)
     tool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
@@ -190,6 +194,7 @@ class Settings(BaseSettings):
         "rate_limit_signup",
         "rate_limit_orders",
         "rate_limit_alerts",
+        "alert_dispatch_rate",
         "rate_limit_default",
     )
     @classmethod

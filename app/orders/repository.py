@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import DateTime, Interval, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.alerts.repository import FILL_ALERT_SQL
 from app.core.idempotency import IdempotencyRecord
 from app.orders import states
 
@@ -76,6 +77,9 @@ class Change:
     detail: str | None = None
     # None: the reconciler has nothing more to do with it; else when it should look again.
     next_reconcile_in: dt.timedelta | None = None
+    # The alert that tells the user of a fill (id, content, content hash), queued in the same statement
+    # when the user has a Discord webhook; None when the change fills nothing.
+    fill_alert: tuple[uuid.UUID, str, str] | None = None
 
 
 _INSERT_SUBMITTING = text(
@@ -127,6 +131,7 @@ _CHANGE = text(
     ), e AS (
         INSERT INTO order_events (order_id, from_status, to_status, reason, detail, filled_qty, created_at)
         SELECT id, from_status, status, CAST(:reason AS varchar), CAST(:detail AS text), filled_qty, now() FROM o
+    ), fa AS ({FILL_ALERT_SQL} WHERE CAST(:fill_alert_id AS uuid) IS NOT NULL
     )
     SELECT {_COLUMNS} FROM o
     """
@@ -193,6 +198,9 @@ def _change_params(order: OrderRow, change: Change, at: dt.datetime | None) -> d
         "reject_reason": change.reject_reason,
         "next_reconcile_in": change.next_reconcile_in,
         "updated_at": at or dt.datetime.now(dt.UTC),
+        "fill_alert_id": change.fill_alert[0] if change.fill_alert else None,
+        "fill_alert_content": change.fill_alert[1] if change.fill_alert else None,
+        "fill_alert_hash": change.fill_alert[2] if change.fill_alert else None,
     }
 
 

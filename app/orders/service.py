@@ -38,6 +38,7 @@ from typing import Any
 
 from starlette.responses import Response
 
+from app.alerts import service as alerts_service
 from app.brokers import service as brokers_service
 from app.core.config import Settings
 from app.core.crypto import TokenCipher
@@ -227,8 +228,21 @@ def log_transition(before: str | None, after: OrderRow, reason: str, **extra: An
     )
 
 
-def _change_from_broker(found: BrokerOrder, *, reason: str, policy: OrderPolicy, attempts: int = 0) -> Change:
+def _change_from_broker(found: BrokerOrder, *, reason: str, policy: OrderPolicy, order: OrderRow) -> Change:
+    """The change that makes ``order`` what the broker reports; a fill (more filled than before) queues
+    an alert for the user's Discord webhook in the same statement."""
     open_ = not found.status.is_terminal
+    fill_alert = None
+    if found.filled_qty > order.filled_qty:
+        content = alerts_service.fill_alert_content(
+            side=order.side,
+            symbol=order.symbol,
+            filled_qty=found.filled_qty,
+            qty=order.qty,
+            avg_price=found.filled_avg_price,
+            order_id=order.id,
+        )
+        fill_alert = (uuid.uuid4(), content, alerts_service.content_hash(content))
     return Change(
         status=found.status.value,
         reason=reason,
@@ -238,6 +252,7 @@ def _change_from_broker(found: BrokerOrder, *, reason: str, policy: OrderPolicy,
         broker_status=found.raw_status[:32],
         reject_reason="rejected by the broker" if found.status is BrokerOrderStatus.REJECTED else None,
         next_reconcile_in=policy.interval if open_ else None,
+        fill_alert=fill_alert,
     )
 
 
@@ -333,7 +348,7 @@ async def place_order(
             )
             release, failure, outcome = True, exc, "unavailable"
     else:
-        change = _change_from_broker(placed, reason="placed", policy=policy)
+        change = _change_from_broker(placed, reason="placed", policy=policy, order=order)
         outcome = "placed"
     elapsed = time.perf_counter() - started
 
@@ -462,7 +477,7 @@ async def cancel_order(
         log_exception(log, "reading the order after a cancel failed; the reconciler will", exc)
         found = None
     if found is not None:
-        change = _change_from_broker(found, reason="cancel_requested", policy=policy)
+        change = _change_from_broker(found, reason="cancel_requested", policy=policy, order=order)
     else:
         change = Change(
             status=BrokerOrderStatus.PENDING_CANCEL.value,
@@ -619,7 +634,7 @@ async def _apply(
             )
             result = "rejected_after_grace"
         else:
-            change = _change_from_broker(found, reason="reconciled", policy=policy)
+            change = _change_from_broker(found, reason="reconciled", policy=policy, order=order)
             result = "settled"
     elif order.status == states.REJECTED:
         if found is None:
@@ -629,7 +644,7 @@ async def _apply(
             )
             report.count("unchanged")
             return
-        change = _change_from_broker(found, reason="revived", policy=policy)
+        change = _change_from_broker(found, reason="revived", policy=policy, order=order)
         result = "revived"
     else:  # open at the broker: refresh status and fill
         if found is None:
@@ -642,7 +657,7 @@ async def _apply(
             report.count("unchanged")
             return
         reason = "fill" if found.filled_qty != order.filled_qty else "broker_update"
-        change = _change_from_broker(found, reason=reason, policy=policy)
+        change = _change_from_broker(found, reason=reason, policy=policy, order=order)
         result = "updated"
     async with database.own_transaction() as session:
         updated = await OrderRepository(session).change(order, change)

@@ -25,6 +25,10 @@ def upgrade() -> None:
         sa.Column("token_encrypted", sa.Text(), nullable=False),
         sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("disabled_reason", sa.Text(), nullable=True),
+        sa.Column("rate_bucket", sa.String(length=64), nullable=True),
+        sa.Column("rate_limit", sa.Integer(), nullable=True),
+        sa.Column("rate_remaining", sa.Integer(), nullable=True),
+        sa.Column("blocked_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.ForeignKeyConstraint(
@@ -66,7 +70,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_alerts")),
         sa.UniqueConstraint("seq", name=op.f("uq_alerts_seq")),
     )
-    op.create_index("ix_alerts_user_seq", "alerts", ["user_id", "seq"])
+    # Each user's pending alerts in order: the dispatcher sends only the head of each.
+    op.create_index(
+        "ix_alerts_user_pending",
+        "alerts",
+        ["user_id", "seq"],
+        postgresql_where=sa.text("status IN ('queued', 'sending')"),
+    )
     # The dispatcher's queue: only alerts still to send.
     op.create_index(
         "ix_alerts_pending",
@@ -86,12 +96,27 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("user_id", "content_hash", name=op.f("pk_alert_dedup")),
     )
     op.create_index("ix_alert_dedup_expires_at", "alert_dedup", ["expires_at"])
+    op.create_table(
+        "alert_dispatch_pauses",
+        sa.Column("scope", sa.String(length=16), nullable=False),
+        sa.Column("paused_until", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("scope", name=op.f("pk_alert_dispatch_pauses")),
+    )
+    op.create_table(
+        "discord_error_counts",
+        sa.Column("minute", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("minute", name=op.f("pk_discord_error_counts")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("discord_error_counts")
+    op.drop_table("alert_dispatch_pauses")
     op.drop_index("ix_alert_dedup_expires_at", table_name="alert_dedup")
     op.drop_table("alert_dedup")
     op.drop_index("ix_alerts_pending", table_name="alerts")
-    op.drop_index("ix_alerts_user_seq", table_name="alerts")
+    op.drop_index("ix_alerts_user_pending", table_name="alerts")
     op.drop_table("alerts")
     op.drop_table("discord_webhooks")
