@@ -5,6 +5,8 @@ purge-oauth-states  delete OAuth states that expired more than a day ago
 purge-idempotency-keys  delete expired Idempotency-Key records (the cleanup loop does it every 5 min)
 reconcile-now       one reconciler pass now: settle unknown-outcome orders, refresh open ones (the
                     app's loop does it every RECONCILE_INTERVAL_SECONDS); exits 1 if a lookup failed
+alerts              the Discord alert queue: alerts by status, the oldest waiting, pauses, disabled
+                    webhooks; with --retry-failed, failed alerts of enabled webhooks are queued again
 
 This module only parses arguments, builds what a command needs from the settings and calls the
 feature's service; it prints one JSON line and exits 1 when the work is incomplete.
@@ -20,6 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 import app.models  # noqa: F401  (every model, so foreign keys resolve)
+from app.alerts import service as alerts_service
 from app.brokers import service as brokers_service
 from app.core import idempotency
 from app.core.config import Settings, load_settings_or_exit
@@ -32,22 +35,28 @@ from app.providers.broker import build_broker
 from app.providers.market_data import build_market_data
 
 
-async def rotate_token_keys(database: Database, settings: Settings) -> dict[str, int]:
+async def rotate_token_keys(
+    database: Database, settings: Settings, args: argparse.Namespace
+) -> dict[str, int]:
     counts = await brokers_service.rotate_token_keys(
         database=database, cipher=TokenCipher(settings.token_encryption_keys)
     )
     return dataclasses.asdict(counts)
 
 
-async def purge_oauth_states(database: Database, settings: Settings) -> dict[str, int]:
+async def purge_oauth_states(
+    database: Database, settings: Settings, args: argparse.Namespace
+) -> dict[str, int]:
     return {"deleted": await brokers_service.purge_expired_states(database=database)}
 
 
-async def purge_idempotency_keys(database: Database, settings: Settings) -> dict[str, int]:
+async def purge_idempotency_keys(
+    database: Database, settings: Settings, args: argparse.Namespace
+) -> dict[str, int]:
     return {"deleted": await idempotency.purge_expired(database=database)}
 
 
-async def reconcile_now(database: Database, settings: Settings) -> dict[str, int]:
+async def reconcile_now(database: Database, settings: Settings, args: argparse.Namespace) -> dict[str, int]:
     # The same broker, breaker (shared through Redis when set) and accounts as the app builds.
     redis = connect_redis(settings.redis_url.get_secret_value() if settings.redis_url else None)
     outbound = Outbound(settings, redis=redis)
@@ -69,19 +78,25 @@ async def reconcile_now(database: Database, settings: Settings) -> dict[str, int
     return dataclasses.asdict(report)
 
 
-COMMANDS: dict[str, Callable[[Database, Settings], Awaitable[dict[str, int]]]] = {
+async def alerts(database: Database, settings: Settings, args: argparse.Namespace) -> dict[str, int]:
+    retried = await alerts_service.retry_failed(database=database) if args.retry_failed else 0
+    return {**await alerts_service.queue_summary(database=database), "retried": retried}
+
+
+COMMANDS: dict[str, Callable[[Database, Settings, argparse.Namespace], Awaitable[dict[str, int]]]] = {
     "rotate-token-keys": rotate_token_keys,
     "purge-oauth-states": purge_oauth_states,
     "purge-idempotency-keys": purge_idempotency_keys,
     "reconcile-now": reconcile_now,
+    "alerts": alerts,
 }
 
 
-async def _run(command: str, settings: Settings) -> dict[str, int]:
+async def _run(command: str, settings: Settings, args: argparse.Namespace) -> dict[str, int]:
     # Small: one connection, a few more while the reconciler looks orders up side by side.
     database = Database(create_engine(settings, pool_size=1, max_overflow=8))
     try:
-        return await COMMANDS[command](database, settings)
+        return await COMMANDS[command](database, settings, args)
     finally:
         await database.dispose()
 
@@ -91,11 +106,17 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m app.cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument(
+        "--retry-failed", action="store_true", help="alerts: queue failed alerts of enabled webhooks again"
+    )
     args = parser.parse_args(argv)
     settings = load_settings_or_exit()
-    result = asyncio.run(_run(args.command, settings))
+    result = asyncio.run(_run(args.command, settings, args))
     print(json.dumps({"command": args.command, **result}))
-    return 1 if result.get("unreadable") or result.get("skipped_locked") or result.get("failed") else 0
+    incomplete = result.get("unreadable") or result.get("skipped_locked")
+    if args.command == "reconcile-now":
+        incomplete = incomplete or result.get("failed")  # a lookup failed: those orders wait for a retry
+    return 1 if incomplete else 0
 
 
 if __name__ == "__main__":

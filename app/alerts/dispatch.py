@@ -52,7 +52,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import Interval, bindparam, text
 
 from app.core.crypto import InvalidToken, TokenCipher
-from app.core.db import Database, rowcount
+from app.core.db import Database
 from app.core.errors import log_exception
 from app.core.ratelimit import RateLimiter
 from app.providers.discord import DeliveryOutcome, DiscordResult, DiscordWebhooks
@@ -204,9 +204,6 @@ _COUNT_ERROR = text(
     """
 ).bindparams(bindparam("window", type_=Interval()))
 
-_PRUNE_ERRORS = text("DELETE FROM discord_error_counts WHERE minute < now() - :window").bindparams(
-    bindparam("window", type_=Interval())
-)
 _DEPTH = text("SELECT count(*) FROM alerts WHERE status IN ('queued', 'sending')")
 # When the next claim could find something: the earliest moment a queue head is due, its webhook unblocked
 # and its lease (if another dispatcher holds it) over — but not before a pause ends.
@@ -460,10 +457,6 @@ class Dispatcher:
         if total >= BAN_GUARD:
             log.error("too many 401/403/429 from Discord: pausing every send", extra={"count": total})
             await self._pause("ban_guard", BAN_WINDOW.total_seconds(), f"{total} 401/403/429 in 10 minutes")
-
-    async def prune(self) -> int:
-        async with self.database.own_transaction(single_statement=True) as session:
-            return rowcount(await session.execute(_PRUNE_ERRORS, {"window": BAN_WINDOW * 2}))
 
 
 def _error(result: DiscordResult, default: str) -> str:

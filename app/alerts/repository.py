@@ -55,6 +55,31 @@ FILL_ALERT_SQL = """
 """
 
 
+_SUMMARY = text(
+    """
+    SELECT
+        count(*) FILTER (WHERE status = 'queued') AS queued,
+        count(*) FILTER (WHERE status = 'sending') AS sending,
+        count(*) FILTER (WHERE status = 'sent') AS sent,
+        count(*) FILTER (WHERE status = 'failed') AS failed,
+        coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status IN ('queued', 'sending'))), 0)
+            ::bigint AS oldest_waiting_seconds,
+        (SELECT count(*) FROM alert_dispatch_pauses WHERE paused_until > now()) AS pauses,
+        (SELECT count(*) FROM discord_webhooks WHERE disabled_at IS NOT NULL) AS disabled_webhooks
+    FROM alerts
+    """
+)
+
+_RETRY_FAILED = text(
+    """
+    UPDATE alerts a SET status = 'queued', attempts = 0, next_attempt_at = now(), locked_until = NULL,
+        updated_at = now()
+    FROM discord_webhooks w
+    WHERE a.status = 'failed' AND w.user_id = a.user_id AND w.disabled_at IS NULL
+    """
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Enqueued:
     id: uuid.UUID
@@ -108,6 +133,20 @@ class AlertRepository:
         )
         return int(result.scalar_one())
 
+    async def summary(self) -> dict[str, int]:
+        row = (await self.session.execute(_SUMMARY)).one()
+        return {key: int(value or 0) for key, value in row._asdict().items()}
+
+    async def retry_failed(self) -> int:
+        result: Any = await self.session.execute(_RETRY_FAILED)
+        return int(result.rowcount or 0)
+
     async def purge_dedup(self) -> int:
         result: Any = await self.session.execute(text("DELETE FROM alert_dedup WHERE expires_at <= now()"))
+        return int(result.rowcount or 0)
+
+    async def purge_error_counts(self) -> int:
+        result: Any = await self.session.execute(
+            text("DELETE FROM discord_error_counts WHERE minute < now() - interval '20 minutes'")
+        )
         return int(result.rowcount or 0)

@@ -89,3 +89,26 @@ async def get_alert(*, session: AsyncSession, user_id: uuid.UUID, alert_id: uuid
     if alert is None:
         raise NotFound("No such alert.")
     return AlertOut(id=alert.id, status=alert.status, attempts=alert.attempts, last_error=alert.last_error)
+
+
+async def queue_summary(*, database: Database) -> dict[str, int]:
+    """For operators: alerts by status, the oldest waiting alert's age, pauses, disabled webhooks."""
+    async with database.own_transaction(single_statement=True) as session:
+        return await AlertRepository(session).summary()
+
+
+async def retry_failed(*, database: Database) -> int:
+    """Queue the failed alerts of enabled webhooks again (attempts reset), oldest first."""
+    async with database.own_transaction(single_statement=True) as session:
+        count = await AlertRepository(session).retry_failed()
+    log.info("failed alerts queued again", extra={"count": count})
+    return count
+
+
+async def purge_expired_state(*, database: Database) -> int:
+    """Delete expired dedup slots and Discord error counts older than the ban window (cleanup loop)."""
+    async with database.own_transaction(single_statement=True) as session:
+        deleted = await AlertRepository(session).purge_dedup()
+    async with database.own_transaction(single_statement=True) as session:
+        deleted += await AlertRepository(session).purge_error_counts()
+    return deleted

@@ -43,8 +43,8 @@ Cloudflare's ban (10,000 responses 401/403/429 in 10 minutes; a 429 with scope `
 **The token is a secret.** It never appears in a result, a log record or an exception raised here:
 outbound errors and httpx exceptions may carry the URL, so their text is never passed on (only their
 class becomes the ``error``), and any text taken from an answer has the token masked. httpx itself logs
-request URLs at INFO; ``app.core.observability.configure_logging`` keeps the ``httpx``/``httpcore``
-loggers at WARNING for that reason.
+request URLs at INFO: ``app.core.observability.configure_logging`` keeps the ``httpx`` logger at WARNING,
+and ``DiscordHTTP`` adds a filter to it that masks the token wherever logging is configured otherwise.
 
 **Units.** ``retry_after`` and ``X-RateLimit-Reset-After`` are seconds (floats) in Discord API v8 and
 later; API v6/v7 reported ``retry_after`` in milliseconds. Point ``DISCORD_API_BASE_URL`` at a versioned
@@ -90,6 +90,7 @@ __all__ = [
     "DiscordWebhooks",
     "RateLimit",
     "build_discord",
+    "webhook_path",
 ]
 
 log = logging.getLogger("tradedesk.discord")
@@ -202,6 +203,7 @@ class DiscordHTTP:
 
     def __init__(self, client: OutboundClient) -> None:
         self.client = client
+        _redact_httpx_log()
 
     async def execute(self, *, webhook_id: str, token: str, content: str) -> DiscordResult:
         path = webhook_path(webhook_id, token)
@@ -257,6 +259,29 @@ def build_discord(settings: Settings, outbound: Outbound) -> DiscordWebhooks:
         PROVIDER, base_url=settings.discord_api_base_url, timeout=settings.http_timeout_seconds
     )
     return DiscordHTTP(client)
+
+
+class _RedactWebhookTokens(logging.Filter):
+    """Masks the token in httpx's own ``HTTP Request: POST …/webhooks/{id}/{token}`` records."""
+
+    _path = re.compile(r"(/webhooks/[0-9]+/)[^/?#\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "/webhooks/" in text:
+            record.msg, record.args = self._path.sub(rf"\g<1>{_MASK}", text), None
+        return True
+
+
+_REDACT = _RedactWebhookTokens()
+
+
+def _redact_httpx_log() -> None:
+    """httpx logs every request URL at INFO. ``configure_logging`` keeps that logger at WARNING; this
+    filter makes the token safe even where it does not run (a CLI, a script, a test at DEBUG)."""
+    logger = logging.getLogger("httpx")
+    if _REDACT not in logger.filters:
+        logger.addFilter(_REDACT)
 
 
 # ---------------------------------------------------------------------- classifying answers

@@ -1,4 +1,5 @@
-"""The cleanup loop: every ``interval_seconds`` it deletes expired idempotency keys.
+"""The cleanup loop: every ``interval_seconds`` it deletes expired idempotency keys, expired alert dedup
+slots and old Discord error counts.
 
 One per process, started and stopped by the lifespan. Several processes may run it at once: each batch
 is one bounded statement that skips rows another purge has locked (``purge_expired``). The first run
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter
 
+from app.alerts import service as alerts_service
 from app.core import idempotency
 from app.core.db import Database
 from app.core.errors import log_exception
@@ -28,8 +30,9 @@ log = logging.getLogger("tradedesk.cleanup")
 CLEANUP_RUNS = Counter(
     "cleanup_runs_total", "Cleanup job runs by job and outcome (ok, error).", ["job", "outcome"]
 )
-for _outcome in ("ok", "error"):
-    CLEANUP_RUNS.labels("idempotency_keys", _outcome)
+for _job in ("idempotency_keys", "alert_dedup"):
+    for _outcome in ("ok", "error"):
+        CLEANUP_RUNS.labels(_job, _outcome)
 
 
 class CleanupWorker:
@@ -52,13 +55,17 @@ class CleanupWorker:
         self._ran = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._jobs: dict[str, Callable[[], Awaitable[int]]] = {
-            "idempotency_keys": self._purge_idempotency_keys
+            "idempotency_keys": self._purge_idempotency_keys,
+            "alert_dedup": self._purge_alert_state,
         }
 
     async def _purge_idempotency_keys(self) -> int:
         return await idempotency.purge_expired(
             database=self.database, batch_size=self.batch_size, should_stop=self._stopping.is_set
         )
+
+    async def _purge_alert_state(self) -> int:
+        return await alerts_service.purge_expired_state(database=self.database)
 
     def start(self) -> None:
         if self._task is None:
