@@ -22,7 +22,10 @@ the shared limiter so every process shares it: below Discord's global 50/s).
 * 401/403/429 answers are counted per minute across processes (``discord_error_counts``); at
   ``BAN_GUARD`` in 10 minutes (a fifth of the 10,000 at which Discord bans the IP) all sends pause
   for 10 minutes;
-* 404 → ``failed`` at once and the webhook disabled (it was deleted); any other 4xx the same;
+* 404 "Unknown Webhook" → ``failed`` at once and the webhook disabled (it was deleted); any other 4xx
+  with Discord's error body the same; a 4xx without it (a proxy's or Cloudflare's page) is retried and
+  disables nothing;
+* a 2xx without a readable message is recorded ``sent`` (Discord posted it; sending again would repeat it);
 * timeout after sending, 5xx → retried with exponential backoff and jitter
   (``ALERT_RETRY_BASE_SECONDS`` × 2^(n-1), capped at 5 min, times a random 0.5–1); the 5th failed attempt → ``failed``;
 * nothing sent (breaker open, connection refused) → due again after the breaker's retry-after, no
@@ -346,7 +349,11 @@ class Dispatcher:
         if result is None:
             return await self._retry(alert, "internal error while sending", learn, report, count_attempt=True)
         outcome = result.outcome
-        if outcome is DeliveryOutcome.SENT:
+        accepted = (
+            outcome is DeliveryOutcome.TRANSIENT and result.status is not None and 200 <= result.status < 300
+        )
+        if outcome is DeliveryOutcome.SENT or accepted:
+            # A 2xx without a readable message still means Discord posted it: sending again would repeat it.
             async with self.database.own_transaction(single_statement=True) as session:
                 await session.execute(_SENT, {"id": alert.id, "message_id": result.message_id, **learn})
             ALERTS_SENT.inc()
@@ -355,8 +362,14 @@ class Dispatcher:
             return "sent"
         if outcome is DeliveryOutcome.RATE_LIMITED:
             return await self._rate_limited(alert, result, learn, report)
+        if outcome is DeliveryOutcome.REJECTED and result.code is None:
+            # A 4xx that is not Discord's JSON (a proxy's or Cloudflare's page): nothing says the webhook is
+            # wrong, so it is not disabled; a 401/403 of that kind smells of an IP block and is counted.
+            if result.invalid_request:
+                await self._count_error()
+            return await self._retry(alert, _error(result, "refused"), learn, report, count_attempt=True)
         if outcome in (DeliveryOutcome.GONE, DeliveryOutcome.REJECTED):
-            if result.status in (401, 403):
+            if result.invalid_request:
                 await self._count_error()
             reason = "gone" if outcome is DeliveryOutcome.GONE else "rejected"
             error = _error(result, "Discord says the webhook does not exist (404); set it again")
@@ -423,7 +436,8 @@ class Dispatcher:
         if scope != "webhook":
             await self._pause(scope, retry_after, f"{scope} 429 from Discord")
         learn = {**learn, "block_seconds": retry_after}
-        await self._count_error()
+        if result.invalid_request:  # Discord does not count a shared-scope 429 towards the IP ban
+            await self._count_error()
         return await self._retry(
             alert,
             f"rate limited ({scope}), retry after {retry_after:g} s",
