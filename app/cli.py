@@ -1,6 +1,7 @@
 """Operator commands: ``python -m app.cli <command>``.
 
-rotate-token-keys   re-encrypt every stored broker token with the newest TOKEN_ENCRYPTION_KEY
+rotate-token-keys   re-encrypt every stored secret (broker and Discord webhook tokens) with the newest
+                    TOKEN_ENCRYPTION_KEY
 purge-oauth-states  delete OAuth states that expired more than a day ago
 purge-idempotency-keys  delete expired Idempotency-Key records (the cleanup loop does it every 5 min)
 reconcile-now       one reconciler pass now: settle unknown-outcome orders, refresh open ones (the
@@ -38,10 +39,14 @@ from app.providers.market_data import build_market_data
 async def rotate_token_keys(
     database: Database, settings: Settings, args: argparse.Namespace
 ) -> dict[str, int]:
-    counts = await brokers_service.rotate_token_keys(
-        database=database, cipher=TokenCipher(settings.token_encryption_keys)
-    )
-    return dataclasses.asdict(counts)
+    cipher = TokenCipher(settings.token_encryption_keys)
+    brokers = await brokers_service.rotate_token_keys(database=database, cipher=cipher)
+    webhooks = await alerts_service.rotate_webhook_tokens(database=database, cipher=cipher)
+    return {
+        **dataclasses.asdict(brokers + webhooks),
+        "broker_tokens": brokers.rotated,
+        "discord_webhook_tokens": webhooks.rotated,
+    }
 
 
 async def purge_oauth_states(

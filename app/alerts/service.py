@@ -11,11 +11,13 @@ from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.alerts.models import DiscordWebhook
 from app.alerts.repository import AlertRepository, Enqueued
 from app.alerts.schemas import AlertOut, AlertQueued
 from app.core.crypto import TokenCipher
 from app.core.db import Database
 from app.core.errors import Conflict, NotFound
+from app.core.rotation import RotationCounts, rotate_column
 
 log = logging.getLogger("tradedesk.alerts")
 
@@ -112,3 +114,10 @@ async def purge_expired_state(*, database: Database) -> int:
     async with database.own_transaction(single_statement=True) as session:
         deleted += await AlertRepository(session).purge_error_counts()
     return deleted
+
+
+async def rotate_webhook_tokens(*, database: Database, cipher: TokenCipher) -> RotationCounts:
+    """Re-encrypt every stored Discord webhook token with the cipher's first key."""
+    return await rotate_column(
+        database=database, cipher=cipher, key=DiscordWebhook.user_id, column=DiscordWebhook.token_encrypted
+    )

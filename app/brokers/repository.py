@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -87,17 +87,3 @@ class BrokerRepository:
             delete(BrokerConnection).where(BrokerConnection.user_id == user_id)
         )
         return rowcount(result) > 0
-
-    async def connection_ids_after(self, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
-        stmt = select(BrokerConnection.user_id).order_by(BrokerConnection.user_id).limit(limit)
-        if after is not None:
-            stmt = stmt.where(BrokerConnection.user_id > after)
-        return list((await self.session.execute(stmt)).scalars())
-
-    async def lock_connection(self, user_id: uuid.UUID) -> BrokerConnection | None:
-        stmt = (
-            select(BrokerConnection)
-            .where(BrokerConnection.user_id == user_id)
-            .with_for_update(skip_locked=True)
-        )
-        return (await self.session.execute(stmt)).scalar_one_or_none()

@@ -16,22 +16,24 @@ Operator work lives here too: ``rotate_token_keys`` and ``purge_expired_states``
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import logging
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.brokers.models import BrokerConnection
 from app.brokers.repository import BrokerRepository
 from app.brokers.schemas import ConnectionOut
 from app.core.crypto import InvalidToken, TokenCipher
 from app.core.db import Database
 from app.core.errors import BadRequest, log_exception
 from app.core.http import UpstreamError
+from app.core.rotation import RotationCounts, rotate_column
 from app.providers.oauth import BrokerOAuth, OAuthExchangeError
 
 log = logging.getLogger("tradedesk.brokers")
@@ -146,59 +148,15 @@ async def delete_connection(*, session: AsyncSession, user_id: uuid.UUID) -> Non
         log.info("broker unlinked", extra={"user_id": str(user_id), "provider": PROVIDER})
 
 
-ROTATION_BATCH = 200
-ROTATION_PASSES = 5
-
-
-@dataclass(slots=True)
-class RotationCounts:
-    rotated: int = 0
-    skipped_locked: int = 0
-    unreadable: int = 0
-
-
-async def rotate_token_keys(
-    *,
-    database: Database,
-    cipher: TokenCipher,
-    batch: int = ROTATION_BATCH,
-    passes: int = ROTATION_PASSES,
-    pause_seconds: float = 1.0,
-) -> RotationCounts:
-    """Re-encrypt every stored token with the cipher's first key, one short transaction per batch.
-
-    Rows locked by a concurrent writer are skipped and retried in a further pass (up to ``passes``);
-    what is still skipped, or opens with no key, is counted: the old key must then stay."""
-    counts = RotationCounts()
-    for attempt in range(passes):
-        counts = await _rotation_pass(database, cipher, batch)  # each pass re-encrypts every row it can lock
-        if not counts.skipped_locked:
-            break
-        if attempt + 1 < passes:
-            await asyncio.sleep(pause_seconds)  # let the concurrent writer finish before the next pass
-    return counts
-
-
-async def _rotation_pass(database: Database, cipher: TokenCipher, batch: int) -> RotationCounts:
-    counts = RotationCounts()
-    after: uuid.UUID | None = None
-    while True:
-        async with database.own_transaction() as session:
-            repo = BrokerRepository(session)
-            ids = await repo.connection_ids_after(after, batch)
-            if not ids:
-                return counts
-            for user_id in ids:
-                row = await repo.lock_connection(user_id)
-                if row is None:
-                    counts.skipped_locked += 1
-                    continue
-                try:
-                    row.access_token_encrypted = cipher.rotate(row.access_token_encrypted)
-                    counts.rotated += 1
-                except InvalidToken:
-                    counts.unreadable += 1
-            after = ids[-1]
+async def rotate_token_keys(*, database: Database, cipher: TokenCipher, **options: Any) -> RotationCounts:
+    """Re-encrypt every stored broker token with the cipher's first key (``app.core.rotation``)."""
+    return await rotate_column(
+        database=database,
+        cipher=cipher,
+        key=BrokerConnection.user_id,
+        column=BrokerConnection.access_token_encrypted,
+        **options,
+    )
 
 
 async def purge_expired_states(*, database: Database, older_than: dt.timedelta = dt.timedelta(days=1)) -> int:

@@ -142,3 +142,46 @@ async def test_alerts_are_limited_per_user(make_client) -> None:
     assert_problem(r, 429)
     assert int(r.headers["retry-after"]) >= 1
     assert (await alert(client, other, "n0")).status_code == 202
+
+
+async def test_rotate_token_keys_re_encrypts_webhook_tokens(make_client, database_url) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cryptography.fernet import Fernet, InvalidToken
+
+    from tests.support.settings import TEST_JWT_SECRET, TEST_WEBHOOK_SECRET
+
+    client = await make_client()
+    await with_webhook(client)
+    (before,) = await fetch(database_url, "SELECT token_encrypted FROM discord_webhooks")
+    new_key = Fernet.generate_key().decode()
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "FRONTEND_URL": "http://localhost:3000",
+        "JWT_SECRET": TEST_JWT_SECRET,
+        "STRIPE_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
+        "TOKEN_ENCRYPTION_KEY": f"{new_key},{TEST_FERNET_KEY}",
+        "PYTHONPATH": str(root),
+    }
+    env.pop("REDIS_URL", None)
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app.cli", "rotate-token-keys"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '"discord_webhook_tokens": 1' in proc.stdout
+    (after,) = await fetch(database_url, "SELECT token_encrypted FROM discord_webhooks")
+    assert after["token_encrypted"] != before["token_encrypted"]
+    assert TokenCipher([new_key]).decrypt(after["token_encrypted"]) == WEBHOOK["webhook_token"]
+    with pytest.raises(InvalidToken):
+        TokenCipher([TEST_FERNET_KEY]).decrypt(after["token_encrypted"])
