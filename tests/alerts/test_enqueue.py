@@ -5,17 +5,23 @@ per-user limit. Sending is the dispatcher's and is tested with it."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet, InvalidToken
 
 from app.core.crypto import TokenCipher
 from tests.auth.helpers import fetch
 from tests.orders.helpers import trader
 from tests.support.problems import assert_problem
-from tests.support.settings import TEST_FERNET_KEY
+from tests.support.settings import TEST_FERNET_KEY, TEST_JWT_SECRET, TEST_WEBHOOK_SECRET
 
 pytestmark = pytest.mark.asyncio
+ROOT = Path(__file__).resolve().parents[2]
 
 WEBHOOK = {"webhook_id": "123456789012345678", "webhook_token": "tok_EN-secret-abcdef0123456789"}
 
@@ -145,20 +151,11 @@ async def test_alerts_are_limited_per_user(make_client) -> None:
 
 
 async def test_rotate_token_keys_re_encrypts_webhook_tokens(make_client, database_url) -> None:
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from cryptography.fernet import Fernet, InvalidToken
-
-    from tests.support.settings import TEST_JWT_SECRET, TEST_WEBHOOK_SECRET
-
     client = await make_client()
     await with_webhook(client)
     (before,) = await fetch(database_url, "SELECT token_encrypted FROM discord_webhooks")
     new_key = Fernet.generate_key().decode()
-    root = Path(__file__).resolve().parents[2]
+    root = ROOT
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
