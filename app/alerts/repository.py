@@ -1,7 +1,8 @@
 """All alerts SQL.
 
-Enqueueing is one statement (``_ENQUEUE``): it claims the (user, content) dedup slot for 60 s and inserts
-the alert under it, or — when the slot is held — returns the alert that holds it. Concurrent identical
+Enqueueing is one statement (``_ENQUEUE``): if the user's webhook is enabled, it claims the (user,
+content) dedup slot for 60 s and inserts the alert under it, or — when the slot is held — returns the
+alert that holds it; otherwise it says whether the webhook is missing or disabled. Concurrent identical
 posts therefore make one alert, in any number of processes. ``FILL_ALERT_SQL`` is the fragment the
 orders feature embeds in the statement that records a fill, so the alert commits with the fill.
 """
@@ -22,9 +23,13 @@ DEDUP_SECONDS = 60
 
 _ENQUEUE = text(
     f"""
-    WITH slot AS (
+    WITH hook AS (
+        SELECT disabled_at, disabled_reason FROM discord_webhooks WHERE user_id = :user_id
+    ), slot AS (
         INSERT INTO alert_dedup (user_id, content_hash, alert_id, expires_at)
-        VALUES (:user_id, :content_hash, :alert_id, now() + interval '{DEDUP_SECONDS} seconds')
+        SELECT CAST(:user_id AS uuid), CAST(:content_hash AS varchar), CAST(:alert_id AS uuid),
+               now() + interval '{DEDUP_SECONDS} seconds'
+        FROM hook WHERE hook.disabled_at IS NULL
         ON CONFLICT (user_id, content_hash) DO UPDATE
             SET alert_id = excluded.alert_id, expires_at = excluded.expires_at
             WHERE alert_dedup.expires_at <= now()
@@ -36,11 +41,15 @@ _ENQUEUE = text(
         FROM slot
         RETURNING id
     )
-    SELECT id, true AS created FROM queued
+    SELECT id, true AS created, 'enabled' AS webhook, NULL AS reason FROM queued
     UNION ALL
-    SELECT alert_id, false FROM alert_dedup
+    SELECT alert_id, false, 'enabled', NULL FROM alert_dedup
     WHERE user_id = :user_id AND content_hash = :content_hash AND expires_at > now()
-      AND NOT EXISTS (SELECT 1 FROM slot)
+      AND NOT EXISTS (SELECT 1 FROM slot) AND EXISTS (SELECT 1 FROM hook WHERE disabled_at IS NULL)
+    UNION ALL
+    SELECT NULL, false, CASE WHEN EXISTS (SELECT 1 FROM hook) THEN 'disabled' ELSE 'missing' END,
+           (SELECT disabled_reason FROM hook)
+    WHERE NOT EXISTS (SELECT 1 FROM hook WHERE disabled_at IS NULL)
     """
 )
 
@@ -82,8 +91,10 @@ _RETRY_FAILED = text(
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    id: uuid.UUID
+    id: uuid.UUID | None  # None when the webhook is missing or disabled
     created: bool
+    webhook: str  # enabled | disabled | missing
+    reason: str | None  # why a disabled webhook was disabled
 
 
 class AlertRepository:
@@ -113,15 +124,15 @@ class AlertRepository:
     async def enqueue(
         self, *, user_id: uuid.UUID, content: str, content_hash: str, alert_id: uuid.UUID
     ) -> Enqueued | None:
-        """The new alert, or the one holding the dedup slot; None when a concurrent enqueue committed
-        after this statement's snapshot (run it again)."""
+        """The new alert, or the one holding the dedup slot, or (no id) why the user's webhook cannot take
+        it; None when a concurrent enqueue committed after this statement's snapshot (run it again)."""
         row = (
             await self.session.execute(
                 _ENQUEUE,
                 {"user_id": user_id, "content": content, "content_hash": content_hash, "alert_id": alert_id},
             )
         ).first()
-        return None if row is None else Enqueued(row.id, row.created)
+        return None if row is None else Enqueued(row.id, row.created, row.webhook, row.reason)
 
     async def get(self, *, user_id: uuid.UUID, alert_id: uuid.UUID) -> Alert | None:
         alert = await self.session.get(Alert, alert_id)

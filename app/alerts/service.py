@@ -60,15 +60,6 @@ async def set_webhook(
 
 async def enqueue(*, database: Database, user_id: uuid.UUID, content: str) -> AlertQueued:
     """Queue ``content`` for the user's webhook; the same content within 60 s is the first alert."""
-    async with database.own_transaction(single_statement=True) as session:
-        webhook = await AlertRepository(session).get_webhook(user_id)
-    if webhook is None:
-        raise WebhookMissing("Set a Discord webhook first: PUT /v1/alerts/discord/webhook.")
-    if webhook.disabled_at is not None:
-        raise WebhookMissing(
-            f"Your Discord webhook was disabled ({webhook.disabled_reason or 'refused by Discord'}); "
-            "set it again with PUT /v1/alerts/discord/webhook."
-        )
     digest = content_hash(content)
     result: Enqueued | None = None
     for _ in range(5):
@@ -80,6 +71,13 @@ async def enqueue(*, database: Database, user_id: uuid.UUID, content: str) -> Al
             break
     if result is None:
         raise RuntimeError("alert enqueue found neither a slot nor its holder after 5 attempts")
+    if result.webhook == "missing":
+        raise WebhookMissing("Set a Discord webhook first: PUT /v1/alerts/discord/webhook.")
+    if result.webhook == "disabled" or result.id is None:
+        raise WebhookMissing(
+            f"Your Discord webhook was disabled ({result.reason or 'refused by Discord'}); "
+            "set it again with PUT /v1/alerts/discord/webhook."
+        )
     status = "queued" if result.created else "deduplicated"
     log.info("alert " + status, extra={"user_id": str(user_id), "alert_id": str(result.id)})
     return AlertQueued(id=result.id, status=status)

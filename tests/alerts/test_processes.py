@@ -1,0 +1,596 @@
+"""Discord alerts across REAL operating-system processes: uvicorn servers (separate interpreters, event
+loops, database pools and dispatcher loops) on the test PostgreSQL database and one Redis database, in
+front of the loopback fake Discord (tests/support/fake_discord.py: 5 requests per 2 s per webhook, real
+``X-RateLimit-*`` headers and 429 bodies), which records every message it accepted. The in-process tests
+(test_dispatch.py) run one dispatcher in one event loop; these show what only separate processes can:
+
+* a server stopped with SIGTERM while alerts wait behind a 429 and behind learnt bucket resets: its
+  running pass is recorded, the process exits 0, and a NEW process on the same database delivers the
+  rest — every alert exactly once, each user's in order, no request before a 429's ``retry_after``;
+* the same with SIGKILL, landing when nothing is in flight (no alert ``sending``, every pending webhook
+  blocked for a while): nothing is lost or repeated;
+* two processes dispatching side by side from the start: each alert goes to one of them (``FOR UPDATE
+  SKIP LOCKED`` + lease), each user's order holds across both;
+* the one documented window (app/alerts/dispatch.py, "The unavoidable window"), made deterministic: the
+  fake posts a message and holds its answer, the process is SIGKILLed, the alert stays ``sending`` under
+  its lease (a new process leaves it, and that user's later alerts, alone), and once the lease is over —
+  here ended by hand in the database instead of waiting the 60 s ``LEASE`` — exactly that one message is
+  sent again, and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from app.core.config import Settings
+from tests.auth.helpers import bearer, fetch, signup_and_token
+from tests.outbound.fake_provider import Hang, Recorded, Reply
+from tests.support.fake_discord import FakeDiscord, PostedMessage
+from tests.support.settings import TEST_FERNET_KEY, TEST_JWT_SECRET, TEST_WEBHOOK_SECRET
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_SECONDS = 20.0
+STOP_SECONDS = 15.0  # SIGTERM: uvicorn's graceful shutdown (3 s) plus the lifespan (the dispatcher's pass)
+HTTP_TIMEOUT_SECONDS = 2.0
+SETTLE_SECONDS = 20.0
+ELSEWHERE = "elsewhere"  # content of the messages the test itself posts to use a bucket up
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------- the fake Discord
+@dataclass
+class HoldingDiscord(FakeDiscord):
+    """The fake Discord, plus one knob: ``hold(webhook_id)`` makes the next request to that webhook that
+    Discord accepts post its message (recorded, counted in the bucket) and then never answer — the
+    "Discord accepted it, the answer is still on its way" moment of the documented window."""
+
+    holding: dict[str, int] = field(default_factory=dict)
+    held: list[PostedMessage] = field(default_factory=list)
+    slow: dict[str, float] = field(default_factory=dict)  # content -> seconds before the answer
+    answer_due: dict[str, float] = field(default_factory=dict)  # content -> monotonic time of the answer
+
+    def hold(self, webhook_id: str, times: int = 1) -> HoldingDiscord:
+        self.holding[webhook_id] = times
+        return self
+
+    def delay_answer(self, content: str, seconds: float) -> HoldingDiscord:
+        """Post the message with this content at once, and answer it ``seconds`` later."""
+        self.slow[content] = seconds
+        return self
+
+    def _handle(self, request: Recorded) -> Reply | Hang:  # type: ignore[override]
+        before = len(self.posted)
+        reply = super()._handle(request)
+        if reply.status != 200 or len(self.posted) == before:
+            return reply
+        message = self.posted[-1]
+        if self.holding.get(message.webhook_id, 0) > 0:
+            self.holding[message.webhook_id] -= 1
+            self.held.append(message)
+            return Hang()
+        if message.content in self.slow:
+            reply.delay = self.slow.pop(message.content)
+            self.answer_due[message.content] = message.arrived + reply.delay
+        return reply
+
+    def contents(self, webhook_id: str) -> list[Any]:
+        """What the app delivered to this webhook, in arrival order (the test's own posts left out)."""
+        return [m.content for m in self.messages(webhook_id) if not str(m.content).startswith(ELSEWHERE)]
+
+    def delivered(self) -> list[PostedMessage]:
+        return [m for m in self.posted if not str(m.content).startswith(ELSEWHERE)]
+
+    def summary(self) -> str:
+        per = Counter(m.webhook_id for m in self.delivered())
+        return (
+            f"fake discord: {len(self.delivered())} app messages {dict(per)}, "
+            f"429s {Counter(t.webhook_id for t in self.throttled)}, held {[m.content for m in self.held]}"
+        )
+
+
+# ---------------------------------------------------------------------------------- real servers
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_env(**values: str) -> dict[str, str]:
+    """The parent's environment minus every variable the app's settings (or metrics) would read, plus ours."""
+    fields = {name.upper() for name in Settings.model_fields}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in fields and k.upper() != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env.update(values, PYTHONPATH=str(ROOT))
+    return env
+
+
+def _spawn(port: int, env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """One single-worker uvicorn process serving ``app.main:app``, its stdout and stderr in ``log_path``."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-proxy-headers",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--timeout-graceful-shutdown",
+        "3",
+    ]
+    with log_path.open("wb") as log:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    base: str
+    log_path: Path
+    http: httpx.AsyncClient
+
+    def tail(self, chars: int = 6000) -> str:
+        return self.log_path.read_bytes().decode(errors="replace")[-chars:]
+
+    def log_messages(self, message: str) -> int:
+        """How many JSON log records of this process have ``message`` (e.g. "alert sent")."""
+        found = 0
+        for line in self.log_path.read_bytes().decode(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                if json.loads(line).get("msg") == message:
+                    found += 1
+        return found
+
+
+class Servers:
+    """Single-worker uvicorn processes serving ``app.main:app`` with ``env``; output in temp files."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, discord: HoldingDiscord) -> None:
+        self.env = env
+        self.workdir = workdir  # empty: no developer .env is read; the app is found through PYTHONPATH
+        self.discord = discord
+        self.started: list[Server] = []
+
+    async def start(self) -> Server:
+        port = _free_port()
+        name = f"server-{len(self.started) + 1}"
+        log_path = self.workdir / f"{name}.log"
+        proc = _spawn(port, self.env, self.workdir, log_path)
+        base = f"http://127.0.0.1:{port}"
+        server = Server(name, proc, base, log_path, httpx.AsyncClient(base_url=base, timeout=15))
+        self.started.append(server)
+        await self._wait_ready(server)
+        return server
+
+    async def _wait_ready(self, server: Server) -> None:
+        deadline = time.monotonic() + READY_SECONDS
+        while time.monotonic() < deadline:
+            if server.proc.poll() is not None:
+                raise AssertionError(self.explain(f"{server.name} exited with {server.proc.returncode}"))
+            with contextlib.suppress(httpx.TransportError):
+                if (await server.http.get("/healthz", timeout=1)).status_code == 200:
+                    return
+            await asyncio.sleep(0.05)  # polling for startup, bounded by READY_SECONDS
+        raise AssertionError(self.explain(f"{server.name} not ready after {READY_SECONDS} s"))
+
+    async def terminate(self, server: Server) -> int:
+        """SIGTERM and wait for the exit (off the event loop: the fake Discord, served by this loop, must
+        keep answering the sends of the pass being finished). Returns the exit code."""
+        server.proc.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(server.proc.wait, STOP_SECONDS)
+
+    async def kill(self, server: Server) -> None:
+        """SIGKILL: no shutdown hook, no finally block, no last statement runs."""
+        os.kill(server.proc.pid, signal.SIGKILL)
+        await asyncio.to_thread(server.proc.wait, STOP_SECONDS)
+
+    async def stop_all(self) -> None:
+        def stop(proc: subprocess.Popen[bytes]) -> None:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_SECONDS)
+
+        for server in self.started:
+            await server.http.aclose()
+        await asyncio.gather(*(asyncio.to_thread(stop, s.proc) for s in self.started))
+
+    def explain(self, message: str) -> str:
+        """``message``, what the fake saw, and the tail of every server's output."""
+        parts = [message, self.discord.summary()]
+        for s in self.started:
+            state = "running" if s.proc.poll() is None else f"exited {s.proc.returncode}"
+            parts.append(f"--- {s.name} {s.base} ({state}), output tail ---\n{s.tail()}")
+        return "\n".join(parts)
+
+    @contextlib.contextmanager
+    def diagnosed(self) -> Iterator[None]:
+        """Any failure inside carries the fake's summary and the servers' output tails."""
+        try:
+            yield
+        except BaseException as exc:
+            exc.add_note(self.explain("state at the failure:"))
+            raise
+
+
+async def _flush(url: str) -> None:
+    client = aioredis.from_url(url, socket_connect_timeout=1)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def discord() -> AsyncIterator[HoldingDiscord]:
+    fake = HoldingDiscord()
+    async with fake:
+        yield fake
+
+
+@pytest.fixture
+async def servers(
+    require_redis: str, database_url: str, discord: HoldingDiscord, tmp_path: Path
+) -> AsyncIterator[Servers]:
+    """Start servers with ``await servers.start()``; every one is stopped (or killed) at teardown."""
+    await _flush(require_redis)  # limits and breaker state of another run never leak in
+    env = _server_env(
+        DATABASE_URL=database_url,
+        REDIS_URL=require_redis,
+        FRONTEND_URL="http://localhost:3000",
+        JWT_SECRET=TEST_JWT_SECRET,
+        STRIPE_WEBHOOK_SECRET=TEST_WEBHOOK_SECRET,
+        TOKEN_ENCRYPTION_KEY=TEST_FERNET_KEY,
+        APP_ENV="test",
+        LOG_LEVEL="INFO",  # "alert sent" / "discord rate limited" lines, for the failure messages
+        DISCORD_API_BASE_URL=discord.base_url,
+        ALERT_RETRY_BASE_SECONDS="0.05",
+        HTTP_TIMEOUT_SECONDS=str(HTTP_TIMEOUT_SECONDS),
+        RATE_LIMIT_ALERTS="100000/minute",
+        RATE_LIMIT_DEFAULT="100000/minute",
+        RATE_LIMIT_LOGIN="1000/minute",
+        RATE_LIMIT_SIGNUP="1000/hour",
+    )
+    workdir = tmp_path / "servers"
+    workdir.mkdir()
+    group = Servers(env, workdir, discord)
+    try:
+        yield group
+    finally:
+        try:
+            await group.stop_all()
+        finally:
+            await _flush(require_redis)
+
+
+# ---------------------------------------------------------------------------------- helpers
+@dataclass
+class Subscriber:
+    user_id: uuid.UUID
+    auth: dict[str, str]
+    webhook_id: str
+    token: str
+    expected: list[str] = field(default_factory=list)  # contents in enqueue order
+
+
+async def subscriber(server: Server, webhook_id: str) -> Subscriber:
+    """A user signed up and logged in over HTTP, with a Discord webhook set over HTTP."""
+    user, token = await signup_and_token(server.http)
+    auth = bearer(token)
+    sub = Subscriber(uuid.UUID(user["id"]), auth, webhook_id, f"tok-{webhook_id}")
+    r = await server.http.put(
+        "/v1/alerts/discord/webhook",
+        json={"webhook_id": webhook_id, "webhook_token": sub.token},
+        headers=auth,
+    )
+    assert r.status_code == 204, r.text
+    return sub
+
+
+async def enqueue(via: Sequence[Server], sub: Subscriber, contents: Sequence[str]) -> None:
+    """POST the alerts one after another (so their order is the user's order), the n-th through
+    ``via[n % len(via)]``; each must be queued (202, ``status: queued``)."""
+    for n, content in enumerate(contents):
+        r = await via[n % len(via)].http.post(
+            "/v1/alerts/discord", json={"content": content}, headers=sub.auth
+        )
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] == "queued", r.json()
+        sub.expected.append(content)
+
+
+async def use_bucket_up(discord: HoldingDiscord, sub: Subscriber) -> None:
+    """Another sender uses the webhook's whole bucket: the app's next request to it is answered 429."""
+    url = f"{discord.base_url}/webhooks/{sub.webhook_id}/{sub.token}"
+    async with httpx.AsyncClient(timeout=5) as client:
+        for k in range(discord.limit):
+            r = await client.post(url, params={"wait": "true"}, json={"content": f"{ELSEWHERE} {k}"})
+            assert r.status_code == 200, r.text
+
+
+async def eventually(probe: Callable[[], T | Awaitable[T]], *, within: float, what: str) -> T:
+    """Poll ``probe`` (sync or async) until it returns something truthy; AssertionError naming ``what``
+    past ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {within} s: {what} (last probe: {value!r})")
+        await asyncio.sleep(0.01)
+
+
+async def statuses(database_url: str) -> Counter[str]:
+    rows = await fetch(database_url, "SELECT status, count(*) AS n FROM alerts GROUP BY status")
+    return Counter({r["status"]: r["n"] for r in rows})
+
+
+async def all_ended(database_url: str, total: int) -> Counter[str]:
+    """Wait until every one of ``total`` alerts is ``sent`` or ``failed``; the status counts."""
+
+    async def probe() -> Counter[str] | None:
+        counts = await statuses(database_url)
+        return counts if counts["sent"] + counts["failed"] >= total else None
+
+    try:
+        return await eventually(probe, within=SETTLE_SECONDS, what=f"all {total} alerts ended")
+    except AssertionError as exc:
+        exc.add_note(f"alert statuses: {dict(await statuses(database_url))}")
+        raise
+
+
+async def quiet_moment(database_url: str) -> Any:
+    """The queue when no alert is being sent and every webhook with alerts pending is blocked (its
+    bucket, or a 429) for at least 0.3 s more: until then no dispatcher can claim anything, so no
+    message can be in flight."""
+    (row,) = await fetch(
+        database_url,
+        """
+        SELECT count(*) FILTER (WHERE a.status = 'sending') AS sending,
+               count(*) FILTER (WHERE a.status = 'sent') AS sent,
+               count(*) FILTER (WHERE a.status = 'queued') AS queued,
+               coalesce(bool_and(coalesce(w.blocked_until > now() + interval '0.3 seconds', false))
+                        FILTER (WHERE a.status IN ('queued', 'sending')), false) AS all_blocked
+        FROM alerts a JOIN discord_webhooks w ON w.user_id = a.user_id
+        """,
+    )
+    return row
+
+
+async def assert_each_delivered_once_in_order(
+    database_url: str, discord: HoldingDiscord, subs: Sequence[Subscriber]
+) -> None:
+    """Every alert row ``sent``, with the id of the one message the fake holds for it; each webhook got
+    exactly its user's contents, once each, in enqueue order; every payload had no mentions."""
+    total = sum(len(s.expected) for s in subs)
+    rows = await fetch(
+        database_url, "SELECT user_id, content, status, discord_message_id FROM alerts ORDER BY seq"
+    )
+    assert len(rows) == total, [dict(r) for r in rows]
+    assert Counter(r["status"] for r in rows) == {"sent": total}, Counter(r["status"] for r in rows)
+    for sub in subs:
+        got = discord.contents(sub.webhook_id)
+        duplicates = sorted(c for c, n in Counter(got).items() if n > 1)
+        assert not duplicates, f"{sub.webhook_id}: delivered more than once: {duplicates}"
+        missing = sorted(set(sub.expected) - set(got))
+        assert not missing, f"{sub.webhook_id}: never delivered: {missing}"
+        assert got == sub.expected, f"{sub.webhook_id}: out of the user's order: {got}"
+        messages = [m for m in discord.messages(sub.webhook_id) if m.content in sub.expected]
+        assert all(m.allowed_mentions == {"parse": []} for m in messages)
+        mine = [r for r in rows if r["user_id"] == sub.user_id]
+        assert [r["content"] for r in mine] == sub.expected
+        assert [r["discord_message_id"] for r in mine] == [m.message_id for m in messages]
+    assert len(discord.delivered()) == total
+
+
+def contents_for(user: int, count: int) -> list[str]:
+    return [f"user {user} alert {n:02d}" for n in range(count)]
+
+
+# ---------------------------------------------------------------------------------- restarts
+USERS = 3
+PER_USER = 12  # more than two bucket windows of 5
+
+
+async def _queue_behind_a_429(servers: Servers, discord: HoldingDiscord) -> tuple[Server, list[Subscriber]]:
+    """One server, three users with webhooks; the first webhook's bucket is used up by another sender
+    (so its alerts wait behind a 429), then 12 alerts per user are enqueued at once over HTTP."""
+    first = await servers.start()
+    subs = [await subscriber(first, f"71{u:016d}") for u in range(USERS)]
+    await use_bucket_up(discord, subs[0])
+    await asyncio.gather(*(enqueue([first], s, contents_for(u, PER_USER)) for u, s in enumerate(subs)))
+    return first, subs
+
+
+def _some_delivered_and_a_429(discord: HoldingDiscord, sub: Subscriber) -> bool:
+    return len(discord.delivered()) >= 6 and discord.count_429(sub.webhook_id) >= 1
+
+
+async def _finish_on_a_new_server(
+    servers: Servers, discord: HoldingDiscord, database_url: str, subs: list[Subscriber]
+) -> None:
+    """A NEW process on the same database delivers the rest: each alert once, in order; the 429's
+    ``retry_after`` (persisted as the webhook's ``blocked_until``) is honoured across the restart, and the
+    learnt buckets mean no other 429 than the one provoked."""
+    await servers.start()
+    counts = await all_ended(database_url, USERS * PER_USER)
+    assert counts == {"sent": USERS * PER_USER}, counts
+    await assert_each_delivered_once_in_order(database_url, discord, subs)
+    assert len(discord.throttled) == 1, f"only the provoked 429 was expected: {discord.throttled}"
+    (throttled,) = discord.throttled
+    assert throttled.webhook_id == subs[0].webhook_id and throttled.retry_after is not None
+    after = [h for h in discord.hits(subs[0].webhook_id) if h.arrived > throttled.arrived]
+    assert after, "nothing reached the throttled webhook after its 429"
+    assert after[0].arrived >= throttled.arrived + throttled.retry_after - 0.01, (
+        f"a request {after[0].arrived - throttled.arrived:.3f} s after a 429 with retry_after "
+        f"{throttled.retry_after}"
+    )
+
+
+async def test_sigterm_with_alerts_queued_behind_a_429_then_a_new_process_delivers_each_once_in_order(
+    servers: Servers, discord: HoldingDiscord, database_url: str
+) -> None:
+    in_flight = "user 2 alert 03"  # posted at once, answered 1.5 s later: SIGTERM lands in between
+    discord.delay_answer(in_flight, 1.5)
+    with servers.diagnosed():
+        first, subs = await _queue_behind_a_429(servers, discord)
+        await eventually(
+            lambda: in_flight in discord.answer_due and _some_delivered_and_a_429(discord, subs[0]),
+            within=10,
+            what="some alerts delivered, the used-up webhook answered 429, a send in flight",
+        )
+        signalled = time.monotonic()
+        assert signalled < discord.answer_due[in_flight], "too late: the answer was already out"
+        # A graceful exit: the lifespan ran to its end ("shutdown" is its last line). uvicorn >= 0.29
+        # re-raises the captured SIGTERM once it has shut down, so the status is -SIGTERM (0 before).
+        code = await servers.terminate(first)
+        assert code in (0, -signal.SIGTERM), f"SIGTERM: exit status {code}"
+        assert first.log_messages("shutdown") == 1, "the lifespan did not finish its shutdown"
+
+        # The stop let the running pass finish: nothing left under a lease, every message the fake
+        # accepted is recorded as sent, and some alerts are still queued for the next process.
+        counts = await statuses(database_url)
+        assert counts["sending"] == 0, counts
+        assert counts["sent"] == len(discord.delivered()), counts
+        assert 0 < counts["queued"] < USERS * PER_USER, counts
+        (row,) = await fetch(
+            database_url, "SELECT status, attempts FROM alerts WHERE content = $1", in_flight
+        )
+        assert (row["status"], row["attempts"]) == ("sent", 1), dict(row)
+
+        await _finish_on_a_new_server(servers, discord, database_url, subs)
+
+
+async def test_sigkill_with_nothing_in_flight_then_a_new_process_delivers_each_once_in_order(
+    servers: Servers, discord: HoldingDiscord, database_url: str
+) -> None:
+    with servers.diagnosed():
+        first, subs = await _queue_behind_a_429(servers, discord)
+        await eventually(
+            lambda: _some_delivered_and_a_429(discord, subs[0]),
+            within=10,
+            what="some alerts delivered and the used-up webhook answered 429",
+        )
+
+        # Kill when no alert is 'sending' and every pending webhook waits for its bucket reset or its
+        # 429's retry_after: nothing is in flight, so the documented window is closed.
+        async def quiet() -> Any:
+            row = await quiet_moment(database_url)
+            return row if row["sending"] == 0 and row["queued"] > 0 and row["all_blocked"] else None
+
+        moment = await eventually(quiet, within=10, what="no alert sending, every pending webhook blocked")
+        await servers.kill(first)
+        assert first.proc.returncode == -signal.SIGKILL
+
+        counts = await statuses(database_url)
+        assert counts["sending"] == 0, counts
+        assert counts["sent"] == moment["sent"] == len(discord.delivered()), (counts, dict(moment))
+        assert counts["queued"] > 0, counts
+
+        await _finish_on_a_new_server(servers, discord, database_url, subs)
+
+
+# ---------------------------------------------------------------------------------- two dispatchers
+async def test_two_processes_dispatching_at_once_deliver_each_alert_once_in_each_users_order(
+    servers: Servers, discord: HoldingDiscord, database_url: str
+) -> None:
+    users, per_user = 5, 8
+    a, b = await asyncio.gather(servers.start(), servers.start())
+    with servers.diagnosed():
+        subs = [await subscriber((a, b)[u % 2], f"72{u:016d}") for u in range(users)]
+        # Each user's alerts alternate between the processes (starting on a different one per user); the
+        # users enqueue side by side. Both dispatchers run the whole time.
+        await asyncio.gather(
+            *(
+                enqueue((a, b) if u % 2 == 0 else (b, a), s, contents_for(u, per_user))
+                for u, s in enumerate(subs)
+            )
+        )
+        counts = await all_ended(database_url, users * per_user)
+        assert counts == {"sent": users * per_user}, counts
+        await assert_each_delivered_once_in_order(database_url, discord, subs)
+        # Learnt buckets are shared through the database: at most one 429 per webhook.
+        for s in subs:
+            assert discord.count_429(s.webhook_id) <= 1, discord.summary()
+        # Both processes' logs together account for every alert, once.
+        sent_by = {s.name: s.log_messages("alert sent") for s in (a, b)}
+        assert sum(sent_by.values()) == users * per_user, sent_by
+
+
+# ---------------------------------------------------------------------------------- the window
+async def test_the_documented_window_a_kill_after_discord_accepted_repeats_only_that_message(
+    servers: Servers, discord: HoldingDiscord, database_url: str
+) -> None:
+    first = await servers.start()
+    with servers.diagnosed():
+        held = await subscriber(first, "730000000000000001")
+        other = await subscriber(first, "730000000000000002")
+        discord.hold(held.webhook_id)  # its first message is posted, and the answer never comes
+        await enqueue([first], held, ["window 1", "window 2", "window 3"])
+        await eventually(lambda: discord.held, within=10, what="Discord accepted the first message")
+        await servers.kill(first)  # long before HTTP_TIMEOUT_SECONDS: the "sent" statement never ran
+
+        rows = await fetch(database_url, "SELECT content, status, attempts FROM alerts ORDER BY seq")
+        assert [(r["content"], r["status"], r["attempts"]) for r in rows] == [
+            ("window 1", "sending", 0),
+            ("window 2", "queued", 0),
+            ("window 3", "queued", 0),
+        ]
+        assert discord.contents(held.webhook_id) == ["window 1"]
+
+        # A new process honours the lease: it dispatches (another user's alert is sent) but leaves the
+        # leased alert, and — the user's order — the alerts behind it, alone.
+        second = await servers.start()
+        await enqueue([second], other, ["another user"])
+        await eventually(
+            lambda: discord.contents(other.webhook_id) == ["another user"],
+            within=10,
+            what="the new process dispatches",
+        )
+        assert discord.contents(held.webhook_id) == ["window 1"]
+        (leased,) = await fetch(database_url, "SELECT status FROM alerts WHERE content = 'window 1'")
+        assert leased["status"] == "sending"
+
+        # The lease runs out (LEASE is 60 s; ended here by hand): the alert is claimed and sent again —
+        # the one repeat the window allows — and nothing else is repeated or reordered.
+        await fetch(database_url, "UPDATE alerts SET locked_until = now() WHERE status = 'sending'")
+        counts = await all_ended(database_url, 4)
+        assert counts == {"sent": 4}, counts
+        assert discord.contents(held.webhook_id) == ["window 1", "window 1", "window 2", "window 3"]
+        assert discord.contents(other.webhook_id) == ["another user"]
