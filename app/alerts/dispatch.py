@@ -9,8 +9,9 @@ processes dispatch side by side and each alert goes to one of them.
 
 **Send**: one POST per alert through the provider (``app/providers/discord.py``: the shared outbound
 layer and its breaker, ``?wait=true``, ``allowed_mentions: {"parse": []}``, never retried blindly),
-after taking a token from the dispatcher-wide rate cap (``ALERT_DISPATCH_RATE``, default 40/s, kept in
-the shared limiter so every process shares it: below Discord's global 50/s).
+after taking a token from the dispatcher-wide rate cap (``ALERT_DISPATCH_RATE``, default 40/s: an exact
+moving window in the shared limiter's storage, so every process together stays below Discord's global
+50/s).
 
 **Record** (one statement per outcome, right after the answer):
 
@@ -328,12 +329,10 @@ class Dispatcher:
             ALERTS_QUEUE_DEPTH.set((await session.execute(_DEPTH)).scalar_one())
 
     async def _take_send_token(self) -> None:
-        """Wait for a slot under the dispatcher-wide rate cap (shared through the limiter's storage)."""
-        while True:
-            decision = await self.limiter.hit(self.rate, "discord-dispatch", "all")
-            if decision.allowed:
-                return
-            await asyncio.sleep(max(0.01, min(1.0, decision.reset_at - time.time())))
+        """Wait for a slot under the dispatcher-wide cap: an exact moving window shared through the
+        limiter's storage (Redis), so all processes together stay under it."""
+        while (wait := await self.limiter.acquire_exact(self.rate, "discord-dispatch", "all")) > 0:
+            await asyncio.sleep(min(wait, 1.0))
 
     async def _deliver(self, alert: Claimed, report: DispatchReport) -> None:
         try:

@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from fastapi import Request
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
 from app.core.errors import TooManyRequests
 from app.core.middleware import RATELIMIT_STATE_KEY, route_template
@@ -157,6 +157,11 @@ class RateLimiter:
         # While the shared storage is failing, limits that must never switch off (login) are kept per
         # process in memory instead of failing open.
         self._local = SlidingWindowCounterRateLimiter(MemoryStorage())
+        # Exact caps on our own calls to someone else's limit (the Discord dispatcher's total rate): a
+        # moving window never lets more than the limit through in any rolling period, where the sliding
+        # counter, an approximation, can let up to twice through across a window boundary.
+        self._exact = MovingWindowRateLimiter(self.storage)
+        self._exact_local = MovingWindowRateLimiter(MemoryStorage())
 
     async def _hit_local(self, item: RateLimitItem, name: str, *identifiers: str) -> Decision:
         allowed = await self._local.hit(item, name, *identifiers)
@@ -209,6 +214,26 @@ class RateLimiter:
             return await self._without_storage(item, name, *identifiers, local_fallback=local_fallback)
         self.guard.succeeded()
         return decision
+
+    async def acquire_exact(self, item: RateLimitItem, name: str, *identifiers: str) -> float:
+        """Take one unit of an exact (moving-window) limit shared through the storage: 0.0 when taken,
+        else the seconds to wait before trying again. While the storage fails, the limit holds per
+        process (never fails open: it protects a limit someone else enforces)."""
+        if self.guard.attempt():
+            try:
+                if await self._exact.hit(item, name, *identifiers):
+                    self.guard.succeeded()
+                    return 0.0
+                reset_at, _ = await self._exact.get_window_stats(item, name, *identifiers)
+                self.guard.succeeded()
+                return max(0.005, float(reset_at) - time.time())
+            except Exception as exc:
+                RATE_LIMIT_ERRORS.labels(name).inc()
+                self.guard.failed(exc, name)
+        if await self._exact_local.hit(item, name, *identifiers):
+            return 0.0
+        reset_at, _ = await self._exact_local.get_window_stats(item, name, *identifiers)
+        return max(0.005, float(reset_at) - time.time())
 
     async def enforce(
         self,

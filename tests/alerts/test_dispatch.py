@@ -150,3 +150,18 @@ async def test_a_transient_failure_is_retried_and_sent_once(make_client, databas
     assert (row["status"], row["attempts"]) == ("sent", 3)
     assert [m.content for m in discord.messages(webhook)] == ["eventually"]
     assert grew(before, await scrape(client), "alerts_sent_total") == 1
+
+
+async def test_the_dispatchers_own_rate_cap_holds_across_webhooks(make_client, database_url, discord) -> None:
+    # ALERT_DISPATCH_RATE caps sends for all webhooks together (Discord's global limit is 50/s).
+    client = await app_with(make_client, discord, alert_dispatch_rate="3/second", rate_limit_login="100/minute")
+    users = [await user_with_webhook(client, f"80000000000000000{i}") for i in range(9)]
+    for i, (_, auth) in enumerate(users):
+        await client.post("/v1/alerts/discord", json={"content": f"capped {i}"}, headers=auth)
+    rows = await settled(database_url, 9)
+    assert [r["status"] for r in rows] == ["sent"] * 9
+    arrivals = sorted(m.arrived for m in discord.messages())
+    # An exact cap: never four sends inside any one second, so nine take at least two seconds.
+    for start in range(len(arrivals) - 3):
+        assert arrivals[start + 3] - arrivals[start] >= 0.95, arrivals
+    assert arrivals[-1] - arrivals[0] >= 1.9, arrivals

@@ -49,6 +49,15 @@ async def test_metrics_exposes_contract_names(client: httpx.AsyncClient) -> None
         "db_pool_size",
         "db_pool_timeouts_total",
         "rate_limit_hits_total",
+        "orders_total",
+        "alerts_queue_depth",
+        "alerts_sent_total",
+        "alerts_failed_total",
+        "discord_rate_limited_total",
+        "alert_send_duration_seconds_bucket",
+        "orders_pending_reconciliation",
+        "reconcile_runs_total",
+        "reconcile_duration_seconds_bucket",
     ):
         assert name in text, name
     assert 'route="/readyz"' in text
