@@ -331,8 +331,11 @@ class Dispatcher:
     async def _take_send_token(self) -> None:
         """Wait for a slot under the dispatcher-wide cap: an exact moving window shared through the
         limiter's storage (Redis), so all processes together stay under it."""
-        while (wait := await self.limiter.acquire_exact(self.rate, "discord-dispatch", "all")) > 0:
-            await asyncio.sleep(min(wait, 1.0))
+        while True:
+            wait = await self.limiter.acquire_exact(self.rate, "discord-dispatch", "all")
+            if wait <= 0:
+                return
+            await asyncio.sleep(min(wait, 1.0))  # the window's own clock: no event to wait for
 
     async def _deliver(self, alert: Claimed, report: DispatchReport) -> None:
         try:
