@@ -154,7 +154,9 @@ async def test_a_transient_failure_is_retried_and_sent_once(make_client, databas
 
 async def test_the_dispatchers_own_rate_cap_holds_across_webhooks(make_client, database_url, discord) -> None:
     # ALERT_DISPATCH_RATE caps sends for all webhooks together (Discord's global limit is 50/s).
-    client = await app_with(make_client, discord, alert_dispatch_rate="3/second", rate_limit_login="100/minute")
+    client = await app_with(
+        make_client, discord, alert_dispatch_rate="3/second", rate_limit_login="100/minute"
+    )
     users = [await user_with_webhook(client, f"80000000000000000{i}") for i in range(9)]
     for i, (_, auth) in enumerate(users):
         await client.post("/v1/alerts/discord", json={"content": f"capped {i}"}, headers=auth)
