@@ -138,7 +138,10 @@ _CLAIM = text(
               AND (h.status = 'queued' OR h.locked_until <= now())
         )
           AND NOT EXISTS (SELECT 1 FROM alert_dispatch_pauses p WHERE p.paused_until > now())
-          AND a.status IN ('queued', 'sending')
+          -- Re-checked on the row itself: FOR UPDATE re-reads a row another dispatcher changed after this
+          -- statement's snapshot (the heads above are that snapshot), and only these conditions decide.
+          AND a.next_attempt_at <= now()
+          AND (a.status = 'queued' OR (a.status = 'sending' AND a.locked_until <= now()))
         ORDER BY a.next_attempt_at, a.seq
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
