@@ -210,4 +210,6 @@ async def test_dispatchers_racing_on_one_queue_never_send_an_alert_twice(
 
     await asyncio.gather(*(race(d) for d in racers))
     contents = [m.content for m in discord.messages()]
-    assert len(contents) == 2 * RACE_USERS and len(set(contents)) == 2 * RACE_USERS, [c for c in contents if contents.count(c) > 1]
+    assert len(contents) == 2 * RACE_USERS and len(set(contents)) == 2 * RACE_USERS, [
+        c for c in contents if contents.count(c) > 1
+    ]
