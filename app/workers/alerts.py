@@ -11,43 +11,25 @@ goes on.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from app.alerts.dispatch import Dispatcher, DispatchReport
 from app.core.errors import log_exception
+from app.workers.loop import BackgroundLoop
 
 log = logging.getLogger("tradedesk.alerts.worker")
 
 
-class AlertWorker:
+class AlertWorker(BackgroundLoop):
+    name = "alert-dispatcher"
+
     def __init__(
         self, dispatcher: Dispatcher, *, poll_seconds: float = 0.5, stop_timeout: float = 10.0
     ) -> None:
+        super().__init__(stop_timeout=stop_timeout)
         self.dispatcher = dispatcher
         self.poll_seconds = poll_seconds
-        self.stop_timeout = stop_timeout
         self.passes = 0
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = asyncio.create_task(self._loop(), name="alert-dispatcher")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping.set()
-        try:
-            await asyncio.wait_for(task, timeout=self.stop_timeout)
-        except TimeoutError:
-            log.warning(
-                "alert dispatcher cancelled after the stop timeout", extra={"timeout": self.stop_timeout}
-            )
 
     async def run_once(self) -> DispatchReport | None:
         try:
@@ -69,5 +51,4 @@ class AlertWorker:
             except Exception as exc:
                 log_exception(log, "alert dispatcher could not read the queue", exc)
                 pause = self.poll_seconds
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=max(pause, 0.01))
+            await self._pause(max(pause, 0.01))

@@ -14,7 +14,6 @@ it. ``stop()`` lets a running batch finish (no further batch starts) and waits a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +23,7 @@ from app.alerts import service as alerts_service
 from app.core import idempotency
 from app.core.db import Database
 from app.core.errors import log_exception
+from app.workers.loop import BackgroundLoop
 
 log = logging.getLogger("tradedesk.cleanup")
 
@@ -35,7 +35,9 @@ for _job in ("idempotency_keys", "alert_dedup"):
         CLEANUP_RUNS.labels(_job, _outcome)
 
 
-class CleanupWorker:
+class CleanupWorker(BackgroundLoop):
+    name = "cleanup-worker"
+
     def __init__(
         self,
         database: Database,
@@ -46,14 +48,12 @@ class CleanupWorker:
     ) -> None:
         if interval_seconds <= 0:
             raise ValueError("interval_seconds must be positive")
+        super().__init__(stop_timeout=stop_timeout)
         self.database = database
         self.interval_seconds = interval_seconds
         self.batch_size = batch_size
-        self.stop_timeout = stop_timeout
         self.runs = 0  # completed runs, failed ones included
-        self._stopping = asyncio.Event()
         self._ran = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
         self._jobs: dict[str, Callable[[], Awaitable[int]]] = {
             "idempotency_keys": self._purge_idempotency_keys,
             "alert_dedup": self._purge_alert_state,
@@ -66,23 +66,6 @@ class CleanupWorker:
 
     async def _purge_alert_state(self) -> int:
         return await alerts_service.purge_expired_state(database=self.database)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = asyncio.create_task(self._loop(), name="cleanup-worker")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping.set()
-        try:
-            await asyncio.wait_for(task, timeout=self.stop_timeout)
-        except TimeoutError:  # wait_for cancelled it
-            log.warning(
-                "cleanup worker cancelled after the stop timeout", extra={"timeout": self.stop_timeout}
-            )
 
     async def run_once(self) -> dict[str, int]:
         """Run every job once; a failing job is logged and counted, and does not stop the others."""
@@ -109,8 +92,7 @@ class CleanupWorker:
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval_seconds)
+            await self._pause(self.interval_seconds)
             if self._stopping.is_set():
                 return
             await self.run_once()

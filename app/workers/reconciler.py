@@ -12,7 +12,6 @@ next interval; the loop never dies of it. ``python -m app.cli reconcile-now`` ru
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 
@@ -20,11 +19,14 @@ from app.core.db import Database
 from app.core.errors import log_exception
 from app.orders import service
 from app.providers.broker import BrokerProvider
+from app.workers.loop import BackgroundLoop
 
 log = logging.getLogger("tradedesk.reconciler")
 
 
-class ReconcilerWorker:
+class ReconcilerWorker(BackgroundLoop):
+    name = "order-reconciler"
+
     def __init__(
         self,
         database: Database,
@@ -34,33 +36,16 @@ class ReconcilerWorker:
         *,
         stop_timeout: float = 5.0,
     ) -> None:
+        super().__init__(stop_timeout=stop_timeout)
         self.database = database
         self.broker = broker
         self.policy = policy
         self.accounts = accounts
         self.interval_seconds = policy.interval.total_seconds()
-        self.stop_timeout = stop_timeout
         self.runs = 0
         self.last_report: service.ReconcileReport | None = None
-        self._stopping = asyncio.Event()
         self._ran = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one pass at a time in this process (loop and run_once callers)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = asyncio.create_task(self._loop(), name="order-reconciler")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping.set()
-        try:
-            await asyncio.wait_for(task, timeout=self.stop_timeout)
-        except TimeoutError:  # wait_for cancelled it; leased orders are due again when the lease ends
-            log.warning("reconciler cancelled after the stop timeout", extra={"timeout": self.stop_timeout})
 
     async def run_once(self) -> service.ReconcileReport | None:
         """One pass; None when it failed (logged and counted)."""
@@ -90,5 +75,4 @@ class ReconcilerWorker:
     async def _loop(self) -> None:
         while not self._stopping.is_set():
             await self.run_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval_seconds)
+            await self._pause(self.interval_seconds)
