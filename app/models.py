@@ -14,5 +14,6 @@ from app.core.db import Base
 from app.core.idempotency_models import IdempotencyKey  # noqa: F401
 from app.orders.models import Order, OrderEvent  # noqa: F401
 from app.providers.broker.paper_models import PaperOrder  # noqa: F401
+from app.tools.models import ToolCall  # noqa: F401
 
 metadata = Base.metadata

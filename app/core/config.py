@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     rate_limit_signup: str = "20/hour"
     rate_limit_orders: str = "60/minute"
     rate_limit_alerts: str = "30/minute"  # per user, on POST /v1/alerts/discord
+    rate_limit_tools: str = "120/minute"  # per user, on POST /v1/tools/{name}/execute (and MCP tools/call)
     rate_limit_default: str = "600/minute"
 
     market_data_cache_seconds: int = Field(default=300, ge=1, le=86400)
@@ -116,6 +117,11 @@ class Settings(BaseSettings):
     alert_dispatch_rate: str = "40/second"
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=100 * 1_048_576)
     tool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # The tool sandbox: worker processes, each one's address-space cap, and how many calls may wait for a
+    # free worker before the next is answered 503 (app/tools/sandbox.py).
+    tool_workers: int = Field(default=2, ge=1, le=64)
+    tool_memory_mb: int = Field(default=1024, ge=128, le=65536)
+    tool_max_waiting: int = Field(default=16, ge=0, le=10_000)
 
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=5, ge=0, le=200)
@@ -194,6 +200,7 @@ class Settings(BaseSettings):
         "rate_limit_signup",
         "rate_limit_orders",
         "rate_limit_alerts",
+        "rate_limit_tools",
         "alert_dispatch_rate",
         "rate_limit_default",
     )
