@@ -1,0 +1,1 @@
+"""Tools: a registry of strictly validated, sandboxed functions (see app.tools.registry)."""
