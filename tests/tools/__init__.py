@@ -1,0 +1,1 @@
+"""Tests of the tool registry and sandbox."""
