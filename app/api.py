@@ -11,6 +11,7 @@ from app.brokers.router import router as brokers_router
 from app.core.ratelimit import default_rate_limit
 from app.market.router import router as market_router
 from app.orders.router import router as orders_router
+from app.tools.router import router as tools_router
 
 # RATE_LIMIT_DEFAULT applies per client IP to every /v1 route (contract §3).
 api_router = APIRouter(prefix="/v1", dependencies=[Depends(default_rate_limit)])
@@ -20,3 +21,4 @@ api_router.include_router(brokers_router)
 api_router.include_router(market_router)
 api_router.include_router(orders_router)
 api_router.include_router(alerts_router)
+api_router.include_router(tools_router)

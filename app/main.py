@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -41,6 +42,8 @@ from app.providers.discord import build_discord
 from app.providers.market_data import build_market_data
 from app.providers.oauth import build_broker_oauth
 from app.providers.stripe import build_webhook_verifier
+from app.tools.sandbox import Sandbox
+from app.tools.service import LazySandbox, allowed_functions
 from app.workers.alerts import AlertWorker
 from app.workers.cleanup import CleanupWorker
 from app.workers.reconciler import ReconcilerWorker
@@ -134,12 +137,27 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             )
         )
         app.state.alerts.start()
+        # Tools run in a pool of worker processes under memory and CPU caps (app/tools/sandbox.py); the pool
+        # starts in the background here (in tests: on the first tool call).
+        app.state.tool_sandbox = LazySandbox(
+            Sandbox(
+                allowed_functions(),
+                workers=settings.tool_workers,
+                memory_mb=settings.tool_memory_mb,
+                cpu_seconds=max(1, math.ceil(settings.tool_timeout_seconds)) + 1,
+                max_waiting=settings.tool_max_waiting,
+                preload=("app.tools.functions",),
+            )
+        )
+        if settings.app_env != "test":
+            app.state.tool_sandbox.warm()
         if freeze_gc:
             gc.collect()
             gc.freeze()
         try:
             yield
         finally:
+            await app.state.tool_sandbox.close()
             await app.state.alerts.stop()
             await app.state.reconciler.stop()
             await app.state.cleanup.stop()
