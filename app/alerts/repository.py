@@ -118,9 +118,6 @@ class AlertRepository:
         )
         await self.session.execute(stmt)
 
-    async def get_webhook(self, user_id: uuid.UUID) -> DiscordWebhook | None:
-        return await self.session.get(DiscordWebhook, user_id)
-
     async def enqueue(
         self, *, user_id: uuid.UUID, content: str, content_hash: str, alert_id: uuid.UUID
     ) -> Enqueued | None:

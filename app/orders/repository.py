@@ -305,15 +305,5 @@ class OrderRepository:
         )
         return [_row(r) for r in result]
 
-    async def events(self, order_id: uuid.UUID) -> list[Any]:
-        result = await self.session.execute(
-            text(
-                "SELECT from_status, to_status, reason, detail, filled_qty, created_at FROM order_events "
-                "WHERE order_id = :id ORDER BY id"
-            ),
-            {"id": order_id},
-        )
-        return list(result)
-
     async def pending_count(self) -> int:
         return int((await self.session.execute(_PENDING_COUNT)).scalar_one())
