@@ -22,29 +22,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
-from app.core.config import Settings
 from tests.auth.helpers import bearer, fetch, signup_and_token
 from tests.outbound.fake_provider import Hang, Recorded, Reply
 from tests.support.fake_discord import FakeDiscord, PostedMessage
+from tests.support.servers import eventually, flush_redis, free_port, server_env, spawn_uvicorn
 from tests.support.settings import TEST_FERNET_KEY, TEST_JWT_SECRET, TEST_WEBHOOK_SECRET
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -111,44 +107,6 @@ class HoldingDiscord(FakeDiscord):
 
 
 # ---------------------------------------------------------------------------------- real servers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _server_env(**values: str) -> dict[str, str]:
-    """The parent's environment minus every variable the app's settings (or metrics) would read, plus ours."""
-    fields = {name.upper() for name in Settings.model_fields}
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.upper() not in fields and k.upper() != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    env.update(values, PYTHONPATH=str(ROOT))
-    return env
-
-
-def _spawn(port: int, env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """One single-worker uvicorn process serving ``app.main:app``, its stdout and stderr in ``log_path``."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-proxy-headers",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--timeout-graceful-shutdown",
-        "3",
-    ]
-    with log_path.open("wb") as log:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 @dataclass
@@ -182,10 +140,10 @@ class Servers:
         self.started: list[Server] = []
 
     async def start(self) -> Server:
-        port = _free_port()
+        port = free_port()
         name = f"server-{len(self.started) + 1}"
         log_path = self.workdir / f"{name}.log"
-        proc = _spawn(port, self.env, self.workdir, log_path)
+        proc = spawn_uvicorn(port, self.env, self.workdir, log_path)
         base = f"http://127.0.0.1:{port}"
         server = Server(name, proc, base, log_path, httpx.AsyncClient(base_url=base, timeout=15))
         self.started.append(server)
@@ -246,14 +204,6 @@ class Servers:
             raise
 
 
-async def _flush(url: str) -> None:
-    client = aioredis.from_url(url, socket_connect_timeout=1)
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture
 async def discord() -> AsyncIterator[HoldingDiscord]:
     fake = HoldingDiscord()
@@ -266,8 +216,8 @@ async def servers(
     require_redis: str, database_url: str, discord: HoldingDiscord, tmp_path: Path
 ) -> AsyncIterator[Servers]:
     """Start servers with ``await servers.start()``; every one is stopped (or killed) at teardown."""
-    await _flush(require_redis)  # limits and breaker state of another run never leak in
-    env = _server_env(
+    await flush_redis(require_redis)  # limits and breaker state of another run never leak in
+    env = server_env(
         DATABASE_URL=database_url,
         REDIS_URL=require_redis,
         FRONTEND_URL="http://localhost:3000",
@@ -293,7 +243,7 @@ async def servers(
         try:
             await group.stop_all()
         finally:
-            await _flush(require_redis)
+            await flush_redis(require_redis)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -339,21 +289,6 @@ async def use_bucket_up(discord: HoldingDiscord, sub: Subscriber) -> None:
         for k in range(discord.limit):
             r = await client.post(url, params={"wait": "true"}, json={"content": f"{ELSEWHERE} {k}"})
             assert r.status_code == 200, r.text
-
-
-async def eventually(probe: Callable[[], T | Awaitable[T]], *, within: float, what: str) -> T:
-    """Poll ``probe`` (sync or async) until it returns something truthy; AssertionError naming ``what``
-    past ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = probe()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {within} s: {what} (last probe: {value!r})")
-        await asyncio.sleep(0.01)
 
 
 async def statuses(database_url: str) -> Counter[str]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,9 +24,9 @@ from typing import IO
 import httpx
 import pytest
 
-from app.core.config import Settings
 from tests.market.conftest import ALPACA_KEY_ID, ALPACA_SECRET
 from tests.outbound.fake_provider import SNAPSHOT_PATH, FakeProvider, Reply, alpaca_snapshot, slow_snapshot
+from tests.support.servers import free_port, server_env
 from tests.support.settings import TEST_FERNET_KEY, TEST_JWT_SECRET, TEST_WEBHOOK_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,24 +35,6 @@ READY_SECONDS = 15.0
 STOP_SECONDS = 10.0
 FAIL_MAX = 2
 RESET_SECONDS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _server_env(**values: str) -> dict[str, str]:
-    """The parent's environment minus every variable the app's settings (or metrics) would read, plus ours."""
-    fields = {name.upper() for name in Settings.model_fields}
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.upper() not in fields and k.upper() != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    env.update(values, PYTHONPATH=str(ROOT))
-    return env
 
 
 def _output(log: IO[bytes]) -> str:
@@ -112,7 +92,7 @@ async def uvicorn_servers(count: int, env: dict[str, str], cwd: Path) -> AsyncIt
     servers: list[tuple[subprocess.Popen[bytes], str, IO[bytes]]] = []
     try:
         for _ in range(count):
-            port = _free_port()
+            port = free_port()
             log = tempfile.TemporaryFile()
             servers.append((_spawn(port, env, cwd, log), f"http://127.0.0.1:{port}", log))
         await asyncio.gather(*(_wait_ready(base, proc, log) for proc, base, log in servers))
@@ -131,7 +111,7 @@ async def uvicorn_servers(count: int, env: dict[str, str], cwd: Path) -> AsyncIt
 async def test_two_uvicorn_processes_share_single_flight_cache_and_breaker(
     require_redis: str, database_url: str, fake: FakeProvider, tmp_path: Path
 ) -> None:
-    env = _server_env(
+    env = server_env(
         DATABASE_URL=database_url,
         REDIS_URL=require_redis,
         FRONTEND_URL="http://localhost:3000",

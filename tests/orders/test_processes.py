@@ -20,31 +20,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import inspect
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
-from app.core.config import Settings
 from app.core.crypto import TokenCipher
 from tests.auth.helpers import bearer, fetch, signup_and_token
 from tests.orders.helpers import events, market, new_key, order_rows, place
 from tests.outbound.fake_provider import FakeProvider, Hang, Recorded, Reply
 from tests.providers.broker.test_alpaca import order_json
 from tests.support.problems import assert_problem
+from tests.support.servers import eventually, flush_redis, free_port, server_env, spawn_uvicorn
 from tests.support.settings import TEST_FERNET_KEY, TEST_JWT_SECRET, TEST_WEBHOOK_SECRET
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -157,44 +153,6 @@ def _now() -> str:
 
 
 # ---------------------------------------------------------------------------------- real servers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _server_env(**values: str) -> dict[str, str]:
-    """The parent's environment minus every variable the app's settings (or metrics) would read, plus ours."""
-    fields = {name.upper() for name in Settings.model_fields}
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.upper() not in fields and k.upper() != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    env.update(values, PYTHONPATH=str(ROOT))
-    return env
-
-
-def _spawn(port: int, env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """One single-worker uvicorn process serving ``app.main:app``, its stdout and stderr in ``log_path``."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-proxy-headers",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--timeout-graceful-shutdown",
-        "3",
-    ]
-    with log_path.open("wb") as log:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 @dataclass
@@ -219,10 +177,10 @@ class Servers:
         self.started: list[Server] = []
 
     async def start(self) -> Server:
-        port = _free_port()
+        port = free_port()
         name = f"server-{len(self.started) + 1}"
         log_path = self.workdir / f"{name}.log"
-        proc = _spawn(port, self.env, self.workdir, log_path)
+        proc = spawn_uvicorn(port, self.env, self.workdir, log_path)
         base = f"http://127.0.0.1:{port}"
         server = Server(name, proc, base, log_path, httpx.AsyncClient(base_url=base, timeout=15))
         self.started.append(server)
@@ -286,21 +244,13 @@ async def alpaca() -> AsyncIterator[FakeAlpacaTrading]:
         await fake.stop()
 
 
-async def _flush(url: str) -> None:
-    client = aioredis.from_url(url, socket_connect_timeout=1)
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture
 async def servers(
     require_redis: str, database_url: str, alpaca: FakeAlpacaTrading, tmp_path: Path
 ) -> AsyncIterator[Servers]:
     """Start servers with ``await servers.start()``; every one is stopped (or killed) at teardown."""
-    await _flush(require_redis)  # breaker state and limits of another run never leak in
-    env = _server_env(
+    await flush_redis(require_redis)  # breaker state and limits of another run never leak in
+    env = server_env(
         DATABASE_URL=database_url,
         REDIS_URL=require_redis,
         FRONTEND_URL="http://localhost:3000",
@@ -328,7 +278,7 @@ async def servers(
         try:
             await group.stop_all()
         finally:
-            await _flush(require_redis)
+            await flush_redis(require_redis)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -347,21 +297,6 @@ async def linked_trader(
     )
     alpaca.tokens.add(broker_token)
     return user_id, bearer(token)
-
-
-async def eventually(probe: Callable[[], T | Awaitable[T]], *, within: float, what: str) -> T:
-    """Poll ``probe`` (sync or async) until it returns something truthy; AssertionError naming ``what``
-    past ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = probe()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {within} s: {what} (last probe: {value!r})")
-        await asyncio.sleep(0.01)
 
 
 async def idempotency_rows(database_url: str, user_id: uuid.UUID) -> list[Any]:
