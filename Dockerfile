@@ -17,12 +17,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib \
     HOST=0.0.0.0 \
     PORT=8000 \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
+    BACKTEST_SPOOL_DIR=/var/lib/tradedesk/backtests
 # Several workers (WEB_CONCURRENCY): each writes its metrics to PROMETHEUS_MULTIPROC_DIR and /metrics
 # aggregates them. `python -m app` empties the directory at start; compose mounts a tmpfs there.
 RUN groupadd --system --gid 10001 tradedesk \
  && useradd --system --uid 10001 --gid tradedesk --no-create-home --shell /usr/sbin/nologin tradedesk \
- && install -d -o 10001 -g 10001 -m 0700 /tmp/prometheus
+ && install -d -o 10001 -g 10001 -m 0700 /tmp/prometheus \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/tradedesk/backtests
+# Uploaded backtest files wait for their job in BACKTEST_SPOOL_DIR: mount a volume there (compose does), so
+# a job interrupted by a restart of the container can resume (docs/backtests.md).
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /srv/tradedesk
 COPY --chown=root:root alembic.ini ./

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 
 from app.alerts.router import router as alerts_router
 from app.auth.router import router as auth_router
+from app.backtests.router import router as backtests_router
 from app.billing.router import router as billing_router
 from app.brokers.router import router as brokers_router
 from app.core.ratelimit import default_rate_limit
@@ -22,3 +23,4 @@ api_router.include_router(market_router)
 api_router.include_router(orders_router)
 api_router.include_router(alerts_router)
 api_router.include_router(tools_router)
+api_router.include_router(backtests_router)

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.alerts.dispatch import Dispatcher
 from app.api import api_router
+from app.backtests.service import BacktestRunner
 from app.core.config import Settings, load_settings_or_exit
 from app.core.crypto import TokenCipher
 from app.core.db import Database, create_engine
@@ -45,6 +46,7 @@ from app.providers.stripe import build_webhook_verifier
 from app.tools.sandbox import Sandbox
 from app.tools.service import LazySandbox, allowed_functions
 from app.workers.alerts import AlertWorker
+from app.workers.backtests import BacktestWorker
 from app.workers.cleanup import CleanupWorker
 from app.workers.reconciler import ReconcilerWorker
 
@@ -149,14 +151,21 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
                 preload=("app.tools.functions",),
             )
         )
+        # Backtest jobs on uploaded CSV (app/backtests/): their own sandbox (long runs must not take the
+        # tools' workers) and a loop that runs this host's queued jobs, resuming any a restart interrupted.
+        app.state.backtests = BacktestRunner.from_settings(settings)
+        app.state.backtest_worker = BacktestWorker(database, app.state.backtests)
         if settings.app_env != "test":
             app.state.tool_sandbox.warm()
+            app.state.backtests.sandbox.warm()
+        app.state.backtest_worker.start()
         if freeze_gc:
             gc.collect()
             gc.freeze()
         try:
             yield
         finally:
+            await app.state.backtest_worker.stop()  # running jobs go back to the queue
             await app.state.tool_sandbox.close()
             await app.state.alerts.stop()
             await app.state.reconciler.stop()
@@ -190,7 +199,15 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(api_router)
 
     # add_middleware wraps: the last one added is the outermost.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        route_limits=[
+            # The upload's own cap (the file part is checked exactly; this bounds the whole body).
+            (r"/v1/backtests", settings.backtest_max_upload_bytes + 64 * 1024),
+            (r"/v1/tools/[^/]+/execute", settings.tool_max_body_bytes),
+        ],
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.frontend_origins,

@@ -8,6 +8,7 @@ from app.alerts.models import (  # noqa: F401
     DispatchPause,
 )
 from app.auth.models import User  # noqa: F401
+from app.backtests.models import BacktestJob  # noqa: F401
 from app.billing.models import BillingAccount, BillingSubscription, Payment, StripeEvent  # noqa: F401
 from app.brokers.models import BrokerConnection, OAuthState  # noqa: F401
 from app.core.db import Base

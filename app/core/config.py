@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     rate_limit_orders: str = "60/minute"
     rate_limit_alerts: str = "30/minute"  # per user, on POST /v1/alerts/discord
     rate_limit_tools: str = "120/minute"  # per user, on POST /v1/tools/{name}/execute (and MCP tools/call)
+    rate_limit_backtests: str = "30/hour"  # per user, on POST /v1/backtests (uploads)
     rate_limit_default: str = "600/minute"
 
     market_data_cache_seconds: int = Field(default=300, ge=1, le=86400)
@@ -122,6 +123,22 @@ class Settings(BaseSettings):
     tool_workers: int = Field(default=2, ge=1, le=64)
     tool_memory_mb: int = Field(default=1024, ge=128, le=65536)
     tool_max_waiting: int = Field(default=16, ge=0, le=10_000)
+    # POST /v1/tools/{name}/execute has its own body cap: a batch of 10,000 options (the contract's
+    # largest) is about 1.1 MB of JSON, over the default MAX_BODY_BYTES; and an over-long argument (a 10 MB
+    # string) should be refused by the schema, naming the argument, rather than by size.
+    tool_max_body_bytes: int = Field(default=16 * 1_048_576, ge=1024, le=100 * 1_048_576)
+
+    # Backtest jobs on uploaded CSV (app/backtests/): the upload's own cap (exempt from MAX_BODY_BYTES),
+    # where uploads are spooled (default: <system temp dir>/tradedesk-backtests), the job sandbox's size,
+    # memory cap and wall-clock limit per job (validation and the run each), how many unfinished jobs one
+    # user may have, and the lease a running job holds (a job whose server died is resumed once it expires).
+    backtest_max_upload_bytes: int = Field(default=2 * 1024**3, ge=1024, le=1024**4)
+    backtest_spool_dir: str = ""
+    backtest_workers: int = Field(default=1, ge=1, le=64)
+    backtest_memory_mb: int = Field(default=1536, ge=256, le=65536)
+    backtest_timeout_seconds: float = Field(default=900.0, gt=0, le=86400)
+    backtest_max_active_per_user: int = Field(default=3, ge=1, le=1000)
+    backtest_lease_seconds: float = Field(default=30.0, ge=1, le=3600)
 
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=5, ge=0, le=200)
@@ -201,6 +218,7 @@ class Settings(BaseSettings):
         "rate_limit_orders",
         "rate_limit_alerts",
         "rate_limit_tools",
+        "rate_limit_backtests",
         "alert_dispatch_rate",
         "rate_limit_default",
     )

@@ -253,18 +253,29 @@ class CORSMiddleware(StarletteCORSMiddleware):
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with 413: declared (Content-Length) or streamed (chunked)."""
+    """Refuse bodies over ``max_bytes`` with 413: declared (Content-Length) or streamed (chunked).
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, exempt_prefixes: Sequence[str] = ()) -> None:
+    ``route_limits`` gives chosen routes their own cap instead: ``(pattern, max_bytes)`` pairs, the
+    pattern a regular expression matched against the whole path (the first match wins). The backtest
+    upload and the tool execute route use it (``BACKTEST_MAX_UPLOAD_BYTES``, ``TOOL_MAX_BODY_BYTES``).
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, route_limits: Sequence[tuple[str, int]] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.exempt = tuple(exempt_prefixes)
+        self.route_limits = tuple((re.compile(pattern), limit) for pattern, limit in route_limits)
+
+    def limit_for(self, path: str) -> int:
+        for pattern, limit in self.route_limits:
+            if pattern.fullmatch(path):
+                return limit
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self.exempt and scope.get("path", "").startswith(self.exempt)):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes
+        limit = self.limit_for(scope.get("path", "")) if self.route_limits else self.max_bytes
         has_body = False
         for name, value in scope.get("headers", ()):
             if name == b"transfer-encoding":

@@ -18,19 +18,25 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
 from app.quant.backtest import EquityDownsampler, run_backtest
 
-__all__ = ["main"]
+__all__ = ["main", "plot_equity"]
 
 
-def _plot(
-    path: str, bars: npt.NDArray[np.int64], equity: npt.NDArray[np.float64], initial_cash: float, title: str
+def plot_equity(
+    target: str | BinaryIO,
+    bars: npt.NDArray[np.int64],
+    equity: npt.NDArray[np.float64],
+    initial_cash: float,
+    title: str,
 ) -> None:
+    """Draw the equity curve (``EquityDownsampler.points()``, after ``initial_cash``) as a PNG into
+    ``target``, a path or a binary file; matplotlib is imported here, with the Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +53,7 @@ def _plot(
         ax.set_title(title)
         ax.grid(True, linewidth=0.3)
         fig.tight_layout()
-        fig.savefig(path, format="png")
+        fig.savefig(target, format="png")
     finally:
         plt.close(fig)
 
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if sampler is not None:
         bars, equity = sampler.points()
         try:
-            _plot(
+            plot_equity(
                 args.plot,
                 bars,
                 equity,

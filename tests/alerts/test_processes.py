@@ -21,15 +21,11 @@ front of the loopback fake Discord (tests/support/fake_discord.py: 5 requests pe
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,13 +36,12 @@ import pytest
 from tests.auth.helpers import bearer, fetch, signup_and_token
 from tests.outbound.fake_provider import Hang, Recorded, Reply
 from tests.support.fake_discord import FakeDiscord, PostedMessage
-from tests.support.servers import eventually, flush_redis, free_port, server_env, spawn_uvicorn
+from tests.support.servers import Server, Servers, eventually, flush_redis, server_env
 from tests.support.settings import TEST_FERNET_KEY, TEST_JWT_SECRET, TEST_WEBHOOK_SECRET
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-READY_SECONDS = 20.0
 STOP_SECONDS = 15.0  # SIGTERM: uvicorn's graceful shutdown (3 s) plus the lifespan (the dispatcher's pass)
 HTTP_TIMEOUT_SECONDS = 2.0
 SETTLE_SECONDS = 20.0
@@ -109,101 +104,6 @@ class HoldingDiscord(FakeDiscord):
 # ---------------------------------------------------------------------------------- real servers
 
 
-@dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen[bytes]
-    base: str
-    log_path: Path
-    http: httpx.AsyncClient
-
-    def tail(self, chars: int = 6000) -> str:
-        return self.log_path.read_bytes().decode(errors="replace")[-chars:]
-
-    def log_messages(self, message: str) -> int:
-        """How many JSON log records of this process have ``message`` (e.g. "alert sent")."""
-        found = 0
-        for line in self.log_path.read_bytes().decode(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                if json.loads(line).get("msg") == message:
-                    found += 1
-        return found
-
-
-class Servers:
-    """Single-worker uvicorn processes serving ``app.main:app`` with ``env``; output in temp files."""
-
-    def __init__(self, env: dict[str, str], workdir: Path, discord: HoldingDiscord) -> None:
-        self.env = env
-        self.workdir = workdir  # empty: no developer .env is read; the app is found through PYTHONPATH
-        self.discord = discord
-        self.started: list[Server] = []
-
-    async def start(self) -> Server:
-        port = free_port()
-        name = f"server-{len(self.started) + 1}"
-        log_path = self.workdir / f"{name}.log"
-        proc = spawn_uvicorn(port, self.env, self.workdir, log_path)
-        base = f"http://127.0.0.1:{port}"
-        server = Server(name, proc, base, log_path, httpx.AsyncClient(base_url=base, timeout=15))
-        self.started.append(server)
-        await self._wait_ready(server)
-        return server
-
-    async def _wait_ready(self, server: Server) -> None:
-        deadline = time.monotonic() + READY_SECONDS
-        while time.monotonic() < deadline:
-            if server.proc.poll() is not None:
-                raise AssertionError(self.explain(f"{server.name} exited with {server.proc.returncode}"))
-            with contextlib.suppress(httpx.TransportError):
-                if (await server.http.get("/healthz", timeout=1)).status_code == 200:
-                    return
-            await asyncio.sleep(0.05)  # polling for startup, bounded by READY_SECONDS
-        raise AssertionError(self.explain(f"{server.name} not ready after {READY_SECONDS} s"))
-
-    async def terminate(self, server: Server) -> int:
-        """SIGTERM and wait for the exit (off the event loop: the fake Discord, served by this loop, must
-        keep answering the sends of the pass being finished). Returns the exit code."""
-        server.proc.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(server.proc.wait, STOP_SECONDS)
-
-    async def kill(self, server: Server) -> None:
-        """SIGKILL: no shutdown hook, no finally block, no last statement runs."""
-        os.kill(server.proc.pid, signal.SIGKILL)
-        await asyncio.to_thread(server.proc.wait, STOP_SECONDS)
-
-    async def stop_all(self) -> None:
-        def stop(proc: subprocess.Popen[bytes]) -> None:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_SECONDS)
-
-        for server in self.started:
-            await server.http.aclose()
-        await asyncio.gather(*(asyncio.to_thread(stop, s.proc) for s in self.started))
-
-    def explain(self, message: str) -> str:
-        """``message``, what the fake saw, and the tail of every server's output."""
-        parts = [message, self.discord.summary()]
-        for s in self.started:
-            state = "running" if s.proc.poll() is None else f"exited {s.proc.returncode}"
-            parts.append(f"--- {s.name} {s.base} ({state}), output tail ---\n{s.tail()}")
-        return "\n".join(parts)
-
-    @contextlib.contextmanager
-    def diagnosed(self) -> Iterator[None]:
-        """Any failure inside carries the fake's summary and the servers' output tails."""
-        try:
-            yield
-        except BaseException as exc:
-            exc.add_note(self.explain("state at the failure:"))
-            raise
-
-
 @pytest.fixture
 async def discord() -> AsyncIterator[HoldingDiscord]:
     fake = HoldingDiscord()
@@ -236,7 +136,7 @@ async def servers(
     )
     workdir = tmp_path / "servers"
     workdir.mkdir()
-    group = Servers(env, workdir, discord)
+    group = Servers(env, workdir, discord.summary, stop_seconds=STOP_SECONDS)
     try:
         yield group
     finally:

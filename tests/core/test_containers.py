@@ -70,3 +70,21 @@ def test_multiworker_metrics_dir_is_set_writable_and_a_tmpfs_in_compose() -> Non
     mounts = [m.split(":", 1) for m in app["tmpfs"]]
     options = dict(mounts)[path].split(",")  # a fresh tmpfs per container
     assert "mode=1777" in options or any(o.startswith("uid=") for o in options), "the app user must write it"
+
+
+def test_the_backtest_spool_is_a_named_volume_owned_by_the_app_user() -> None:
+    """Uploaded backtest files must survive a restart of the container, so its jobs can resume."""
+    text = (ROOT / "Dockerfile").read_text()
+    runtime = text[text.rindex("\nFROM ") :]
+    env = re.search(r"BACKTEST_SPOOL_DIR=(\S+)", runtime)
+    assert env, "BACKTEST_SPOOL_DIR must be set in the runtime stage"
+    path = env.group(1)
+    user = re.findall(r"^USER\s+(\S+)", runtime, flags=re.M)[-1].split(":")[0]
+    assert re.search(rf"install -d -o {user} -g \d+ -m 07\d\d {re.escape(path)}\b", runtime)
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    app = compose["services"]["app"]
+    volumes = dict(v.split(":", 1) for v in app["volumes"])
+    name = next(source for source, target in volumes.items() if target == path)
+    assert name in compose["volumes"], "a named volume, not the container's own layer"
+    assert app.get("hostname"), "a fixed hostname: jobs are run by a process on the host holding their file"

@@ -18,15 +18,10 @@ serve every request:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
-import os
-import signal
-import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,14 +35,12 @@ from tests.orders.helpers import events, market, new_key, order_rows, place
 from tests.outbound.fake_provider import FakeProvider, Hang, Recorded, Reply
 from tests.providers.broker.test_alpaca import order_json
 from tests.support.problems import assert_problem
-from tests.support.servers import eventually, flush_redis, free_port, server_env, spawn_uvicorn
+from tests.support.servers import Server, Servers, eventually, flush_redis, server_env
 from tests.support.settings import TEST_FERNET_KEY, TEST_JWT_SECRET, TEST_WEBHOOK_SECRET
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-READY_SECONDS = 20.0
-STOP_SECONDS = 5.0
 BROKER_TIMEOUT_SECONDS = 1.0
 RECONCILE_INTERVAL_SECONDS = 0.2
 FIRST_CHECK_SECONDS = BROKER_TIMEOUT_SECONDS + 2  # OrderPolicy.first_check: a crashed request's order
@@ -153,86 +146,6 @@ def _now() -> str:
 
 
 # ---------------------------------------------------------------------------------- real servers
-
-
-@dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen[bytes]
-    base: str
-    log_path: Path
-    http: httpx.AsyncClient
-
-    def tail(self, chars: int = 6000) -> str:
-        text = self.log_path.read_bytes().decode(errors="replace")
-        return text[-chars:]
-
-
-class Servers:
-    """Single-worker uvicorn processes serving ``app.main:app`` with ``env``; output in temp files."""
-
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.env = env
-        self.workdir = workdir  # empty: no developer .env is read; the app is found through PYTHONPATH
-        self.started: list[Server] = []
-
-    async def start(self) -> Server:
-        port = free_port()
-        name = f"server-{len(self.started) + 1}"
-        log_path = self.workdir / f"{name}.log"
-        proc = spawn_uvicorn(port, self.env, self.workdir, log_path)
-        base = f"http://127.0.0.1:{port}"
-        server = Server(name, proc, base, log_path, httpx.AsyncClient(base_url=base, timeout=15))
-        self.started.append(server)
-        await self._wait_ready(server)
-        return server
-
-    async def _wait_ready(self, server: Server) -> None:
-        deadline = time.monotonic() + READY_SECONDS
-        while time.monotonic() < deadline:
-            if server.proc.poll() is not None:
-                raise AssertionError(self.explain(f"{server.name} exited with {server.proc.returncode}"))
-            with contextlib.suppress(httpx.TransportError):
-                if (await server.http.get("/healthz", timeout=1)).status_code == 200:
-                    return
-            await asyncio.sleep(0.05)  # polling for startup, bounded by READY_SECONDS
-        raise AssertionError(self.explain(f"{server.name} not ready after {READY_SECONDS} s"))
-
-    def kill(self, server: Server) -> None:
-        """SIGKILL: no shutdown hook, no finally block, no last transaction runs."""
-        os.kill(server.proc.pid, signal.SIGKILL)
-        server.proc.wait(STOP_SECONDS)
-
-    async def stop_all(self) -> None:
-        def stop(proc: subprocess.Popen[bytes]) -> None:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_SECONDS)
-
-        for server in self.started:
-            await server.http.aclose()
-        await asyncio.gather(*(asyncio.to_thread(stop, s.proc) for s in self.started))
-
-    def explain(self, message: str) -> str:
-        """``message`` followed by the tail of every server's output."""
-        parts = [message]
-        for s in self.started:
-            state = "running" if s.proc.poll() is None else f"exited {s.proc.returncode}"
-            parts.append(f"--- {s.name} {s.base} ({state}), output tail ---\n{s.tail()}")
-        return "\n".join(parts)
-
-    @contextlib.contextmanager
-    def diagnosed(self) -> Iterator[None]:
-        """Any failure inside carries the servers' output tails (an exception note, shown by pytest)."""
-        try:
-            yield
-        except BaseException as exc:
-            exc.add_note(self.explain("server output at the failure:"))
-            raise
 
 
 @pytest.fixture
@@ -401,7 +314,7 @@ async def test_process_killed_between_phases_is_settled_by_a_new_process_with_no
         alpaca.hold_posts = True
         placing = asyncio.create_task(place(first.http, auth, body, key))
         await eventually(lambda: len(alpaca.posts) == 1, within=10, what="the broker received the POST")
-        servers.kill(first)  # well within BROKER_TIMEOUT_SECONDS of the POST: phase (c) never ran
+        await servers.kill(first)  # well within BROKER_TIMEOUT_SECONDS of the POST: phase (c) never ran
         with pytest.raises(httpx.TransportError):
             await asyncio.wait_for(placing, 10)
 
