@@ -55,8 +55,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -81,10 +79,14 @@ from bench.common import (  # noqa: E402
     WrkResult,
     bench_database_url,
     bench_settings_env,
+    http_request,
     redis_url_if_reachable,
     run_wrk,
     save,
     serve,
+    signup_and_login,
+    sql,
+    sql_async,
 )
 from tests.support.fake_discord import FakeDiscord  # noqa: E402
 
@@ -137,17 +139,7 @@ class FakeDiscordThread:
 def _request(
     method: str, url: str, body: Any, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method=method,
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+    return http_request(method, url, json.dumps(body).encode(), headers)
 
 
 @dataclass(frozen=True)
@@ -161,15 +153,7 @@ def create_users(base: str, count: int, tag: str) -> list[BenchUser]:
     prefix = str(uuid.uuid4().int)[:12]
 
     def one(i: int) -> BenchUser:
-        email = f"bench-alerts-{tag}-{i}@example.com"
-        creds = {"email": email, "password": PASSWORD}
-        status, _, body = _request("POST", base + "/v1/auth/signup", creds)
-        if status != 201:
-            raise RuntimeError(f"signup answered {status}: {body[:200]!r}")
-        status, _, body = _request("POST", base + "/v1/auth/login", creds)
-        if status != 200:
-            raise RuntimeError(f"login answered {status}: {body[:200]!r}")
-        token = str(json.loads(body)["access_token"])
+        token = signup_and_login(base, f"bench-alerts-{tag}-{i}@example.com", PASSWORD)
         webhook_id = f"1{prefix}{i:06d}"  # 19 digits, like a snowflake
         hook = {"webhook_id": webhook_id, "webhook_token": f"bench-{tag}-{i}_tok"}
         status, _, body = _request(
@@ -184,22 +168,6 @@ def create_users(base: str, count: int, tag: str) -> list[BenchUser]:
 
 
 # ------------------------------------------------------------------------------------------ SQL helpers
-async def _sql(database_url: str, query: str, *args: Any, fetch: bool = False) -> Any:
-    import asyncpg
-
-    from tests.support.db import asyncpg_dsn
-
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        return await (conn.fetch(query, *args) if fetch else conn.execute(query, *args))
-    finally:
-        await conn.close()
-
-
-def sql(database_url: str, query: str, *args: Any, fetch: bool = False) -> Any:
-    return asyncio.run(_sql(database_url, query, *args, fetch=fetch))
-
-
 def block_webhooks(database_url: str, webhook_ids: list[str], blocked: bool) -> None:
     """Blocked a day ahead (the dispatcher claims nothing for them) or unblocked (NULL)."""
     value = "now() + interval '1 day'" if blocked else "NULL"
@@ -230,7 +198,7 @@ def pauses(database_url: str) -> list[dict[str, Any]]:
 async def verify_rows(database_url: str, run: str) -> dict[str, Any]:
     """What the database holds for one run's alerts (content ``bench <run> t…``)."""
     pattern = f"bench {run} t%"
-    rows = await _sql(
+    rows = await sql_async(
         database_url,
         "SELECT count(*) AS rows, "
         "count(*) FILTER (WHERE status = 'queued') AS queued, "
@@ -242,7 +210,7 @@ async def verify_rows(database_url: str, run: str) -> dict[str, Any]:
         pattern,
         fetch=True,
     )
-    dedup = await _sql(
+    dedup = await sql_async(
         database_url,
         "SELECT count(*) AS n FROM alert_dedup d JOIN alerts a ON a.id = d.alert_id WHERE a.content LIKE $1",
         pattern,

@@ -11,17 +11,13 @@
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import re
-import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -31,8 +27,11 @@ from bench.common import (  # noqa: E402
     bench_database_url,
     bench_settings_env,
     ensure_wrk,
+    http_request,
+    probe_healthz,
     save,
     serve,
+    summary,
 )
 
 LUA = str(Path(__file__).resolve().parent / "login.lua")
@@ -105,50 +104,7 @@ def run_wrk_logins(url: str, *, connections: int, duration: int) -> WrkResult:
 
 
 def post_json(url: str, body: bytes) -> int:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def probe_healthz(base: str, stop: threading.Event, *, start_after: float = 0.0) -> list[float]:
-    """Sequential GET /healthz, each on a new connection; latencies in ms."""
-    parts = urlsplit(base)
-    samples: list[float] = []
-    begin = time.monotonic()
-    while not stop.is_set():
-        t0 = time.perf_counter()
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-        try:
-            conn.request("GET", "/healthz")
-            resp = conn.getresponse()
-            resp.read()
-            ok = resp.status == 200
-        finally:
-            conn.close()
-        elapsed = (time.perf_counter() - t0) * 1000
-        if not ok:
-            raise RuntimeError(f"/healthz answered {resp.status}")
-        if time.monotonic() - begin >= start_after:
-            samples.append(elapsed)
-        time.sleep(0.002)  # ~ a few hundred probes/s: a monitor, not a load generator
-    return samples
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "n": len(values),
-        "p50_ms": statistics.median(values),
-        "p99_ms": pct(values, 99),
-        "max_ms": max(values),
-    }
+    return http_request("POST", url, body, timeout=10)[0]
 
 
 def main() -> int:

@@ -40,8 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -57,10 +55,12 @@ from bench.common import (  # noqa: E402
     WrkResult,
     bench_database_url,
     bench_settings_env,
+    http_request,
     redis_url_if_reachable,
     run_wrk,
     save,
     serve,
+    signup_and_login,
 )
 
 LUA = str(Path(__file__).resolve().parent / "orders.lua")
@@ -86,31 +86,14 @@ def replay_symbol(user: int) -> str:
 
 # ------------------------------------------------------------------------------------------ HTTP helpers
 def _post(url: str, body: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(
-        url,
-        data=body.encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+    return http_request("POST", url, body.encode(), headers)
 
 
 def create_users(base: str, count: int, tag: str) -> list[str]:
     """Sign up and log in ``count`` users over HTTP; their bearer tokens."""
 
     def one(i: int) -> str:
-        email = f"bench-orders-{tag}-{i}@example.com"
-        status, _, body = _post(base + "/v1/auth/signup", json.dumps({"email": email, "password": PASSWORD}))
-        if status != 201:
-            raise RuntimeError(f"signup answered {status}: {body[:200]!r}")
-        status, _, body = _post(base + "/v1/auth/login", json.dumps({"email": email, "password": PASSWORD}))
-        if status != 200:
-            raise RuntimeError(f"login answered {status}: {body[:200]!r}")
-        return str(json.loads(body)["access_token"])
+        return signup_and_login(base, f"bench-orders-{tag}-{i}@example.com", PASSWORD)
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, range(count)))

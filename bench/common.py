@@ -5,20 +5,27 @@ Used by every ``bench/bench_*.py``. Nothing here is imported by the app or the t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import http.client
 import json
 import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -200,8 +207,6 @@ def bench_settings_env(database_url: str, redis_url: str | None = None, **extra:
 def bench_database_url() -> str:
     """A migrated scratch database on the reachable server (TEST_DATABASE_URL/DATABASE_URL) or embedded."""
     sys.path.insert(0, str(ROOT))
-    import asyncio
-
     from scripts.dev import reachable, start_embedded
     from tests.support import db as dbsupport
 
@@ -226,6 +231,99 @@ def redis_url_if_reachable() -> str | None:
         return url
     except Exception:
         return None
+
+
+async def sql_async(database_url: str, query: str, *args: Any, fetch: bool = False) -> Any:
+    import asyncpg
+
+    from tests.support.db import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        return await (conn.fetch(query, *args) if fetch else conn.execute(query, *args))
+    finally:
+        await conn.close()
+
+
+def sql(database_url: str, query: str, *args: Any, fetch: bool = False) -> Any:
+    """One statement on its own connection (``fetch``: the rows, else the status string)."""
+    return asyncio.run(sql_async(database_url, query, *args, fetch=fetch))
+
+
+# ------------------------------------------------------------------------------------------ HTTP clients
+def http_request(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    timeout: float = 30,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection (a JSON body); (status, headers, body), errors included."""
+    request = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def signup_and_login(base: str, email: str, password: str) -> str:
+    """Sign a user up and log in over HTTP; the bearer token."""
+    creds = json.dumps({"email": email, "password": password}).encode()
+    status, _, body = http_request("POST", base + "/v1/auth/signup", creds)
+    if status != 201:
+        raise RuntimeError(f"signup answered {status}: {body[:200]!r}")
+    status, _, body = http_request("POST", base + "/v1/auth/login", creds)
+    if status != 200:
+        raise RuntimeError(f"login answered {status}: {body[:200]!r}")
+    return str(json.loads(body)["access_token"])
+
+
+def probe_healthz(
+    base: str, stop: threading.Event, *, start_after: float = 0.0, stamps: list[float] | None = None
+) -> list[float]:
+    """Sequential GET /healthz, each on a new connection (so every worker is sampled); latencies in ms.
+    ``stamps`` receives each kept probe's end (``time.monotonic()``), in the same order."""
+    parts = urlsplit(base)
+    samples: list[float] = []
+    begin = time.monotonic()
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            conn.request("GET", "/healthz")
+            resp = conn.getresponse()
+            resp.read()
+            ok = resp.status == 200
+        finally:
+            conn.close()
+        elapsed = (time.perf_counter() - t0) * 1000
+        if not ok:
+            raise RuntimeError(f"/healthz answered {resp.status}")
+        if (now := time.monotonic()) - begin >= start_after:
+            samples.append(elapsed)
+            if stamps is not None:
+                stamps.append(now)
+        time.sleep(0.002)  # ~ a few hundred probes/s: a monitor, not a load generator
+    return samples
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Count, median, p99 and max of latencies in ms."""
+    return {
+        "n": len(values),
+        "p50_ms": statistics.median(values),
+        "p99_ms": pct(values, 99),
+        "max_ms": max(values),
+    }
 
 
 def save(name: str, payload: object) -> None:
