@@ -10,9 +10,10 @@ from 202 to ``done``, and the total, beside ``run_backtest`` on the same file in
 computation with no HTTP, no check and no sandbox), measured in the same run: the ratio is what the job
 machinery costs. The file is generated into a temporary directory and deleted afterwards.
 
-Target: the total stays within 3x the direct ``run_backtest`` (the server reads the file twice — once to
-check it before the 202, once to run it — and draws the PNG). Exit status 1 if it is missed, or on any
-error.
+The issue sets no target for this figure, so the ratio is reported, not enforced: the server reads the file
+twice (once to check it before the 202, once to run it), draws the PNG and is polled every 20 ms, so about
+3x the direct call is what this design costs. Exit status 1 on any error, or if a job's result differs
+from ``run_backtest``'s.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ if str(ROOT) not in sys.path:
 
 from bench.common import bench_database_url, bench_settings_env, save, serve  # noqa: E402
 
-TARGET_RATIO = 3.0
 
 
 def write_file(path: Path, rows: int) -> None:
@@ -134,7 +134,7 @@ def main() -> int:
     print(f"  upload + check -> 202          {min(upload):7.3f} s  ({statistics.median(upload):.3f})")
     print(f"  202 -> done (run + PNG)        {min(job):7.3f} s  ({statistics.median(job):.3f})")
     print(f"  upload-to-result               {min(total):7.3f} s  ({statistics.median(total):.3f})")
-    print(f"  ratio to run_backtest          {ratio:7.2f}x  (target <= {TARGET_RATIO}x)")
+    print(f"  ratio to run_backtest          {ratio:7.2f}x  (reported; no target)")
     print(f"  rows/s upload-to-result        {args.rows / min(total):,.0f}")
     save(
         "backtests",
@@ -148,9 +148,6 @@ def main() -> int:
             "ratio": ratio,
         },
     )
-    if ratio > TARGET_RATIO:
-        print("MISSED: upload-to-result ratio")
-        return 1
     return 0
 
 
