@@ -36,7 +36,6 @@ if str(ROOT) not in sys.path:
 from bench.common import bench_database_url, bench_settings_env, save, serve  # noqa: E402
 
 
-
 def write_file(path: Path, rows: int) -> None:
     from tests.backtests.helpers import generated_rows
 
