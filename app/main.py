@@ -42,6 +42,8 @@ from app.providers.discord import build_discord
 from app.providers.market_data import build_market_data
 from app.providers.oauth import build_broker_oauth
 from app.providers.stripe import build_webhook_verifier
+from app.tools.mcp import McpServer
+from app.tools.router import mcp_router
 from app.tools.sandbox import Sandbox
 from app.tools.service import LazySandbox, allowed_functions
 from app.workers.alerts import AlertWorker
@@ -151,11 +153,14 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         )
         if settings.app_env != "test":
             app.state.tool_sandbox.warm()
+        # The MCP server at /mcp over the same tools (app/tools/mcp.py); its transport runs below.
+        app.state.mcp = McpServer(max_body_bytes=settings.max_body_bytes)
         if freeze_gc:
             gc.collect()
             gc.freeze()
         try:
-            yield
+            async with app.state.mcp.run():  # the MCP transport's task group: stops before the sandbox
+                yield
         finally:
             await app.state.tool_sandbox.close()
             await app.state.alerts.stop()
@@ -188,6 +193,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(ops_router)
     app.include_router(docs_router)
     app.include_router(api_router)
+    app.include_router(mcp_router)  # POST /mcp
 
     # add_middleware wraps: the last one added is the outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
