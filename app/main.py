@@ -43,6 +43,8 @@ from app.providers.discord import build_discord
 from app.providers.market_data import build_market_data
 from app.providers.oauth import build_broker_oauth
 from app.providers.stripe import build_webhook_verifier
+from app.tools.mcp import McpServer
+from app.tools.router import mcp_router
 from app.tools.sandbox import Sandbox
 from app.tools.service import LazySandbox, allowed_functions
 from app.workers.alerts import AlertWorker
@@ -159,11 +161,14 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
             app.state.tool_sandbox.warm()
             app.state.backtests.sandbox.warm()
         app.state.backtest_worker.start()
+        # The MCP server at /mcp over the same tools (app/tools/mcp.py); its transport runs below.
+        app.state.mcp = McpServer(max_body_bytes=settings.max_body_bytes)
         if freeze_gc:
             gc.collect()
             gc.freeze()
         try:
-            yield
+            async with app.state.mcp.run():  # the MCP transport's task group: stops before the sandbox
+                yield
         finally:
             await app.state.backtest_worker.stop()  # running jobs go back to the queue
             await app.state.tool_sandbox.close()
@@ -197,6 +202,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(ops_router)
     app.include_router(docs_router)
     app.include_router(api_router)
+    app.include_router(mcp_router)  # POST /mcp
 
     # add_middleware wraps: the last one added is the outermost.
     app.add_middleware(

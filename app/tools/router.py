@@ -1,19 +1,25 @@
-"""GET /v1/tools and POST /v1/tools/{name}/execute (contract §4, Tools)."""
+"""GET /v1/tools and POST /v1/tools/{name}/execute (contract §4, Tools); POST /mcp, the same tools over
+the Model Context Protocol (app/tools/mcp.py)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.auth.deps import CurrentUserDetached
-from app.core.deps import DatabaseDep, SettingsDep
+from app.core.deps import DatabaseDep, LimiterDep, SettingsDep
+from app.core.ratelimit import default_rate_limit
 from app.market.deps import MarketDataDep
 from app.tools import registry, service
-from app.tools.deps import SandboxDep, ToolRateLimit
+from app.tools.deps import McpOriginCheck, McpServerDep, SandboxDep, ToolRateLimit
+from app.tools.mcp import McpCaller
 
 router = APIRouter(tags=["tools"])
+# Mounted at the root by create_app (not under /v1: MCP clients are configured with one URL), with the
+# same per-IP default limit as every /v1 route.
+mcp_router = APIRouter(tags=["tools"], dependencies=[Depends(default_rate_limit)])
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
@@ -73,3 +79,47 @@ async def execute(
         user_id=user.id,
         timeout=settings.tool_timeout_seconds,
     )
+
+
+@mcp_router.post(
+    "/mcp",
+    response_class=Response,
+    responses={
+        200: {"description": "The JSON-RPC response (tool failures are results with `isError: true`)."},
+        401: {"description": "No valid bearer token (`WWW-Authenticate: Bearer`).", **_PROBLEM},
+        403: {"description": "An `Origin` other than FRONTEND_URL's.", **_PROBLEM},
+        413: {"description": "The body exceeds MAX_BODY_BYTES.", **_PROBLEM},
+        429: {
+            "description": "RATE_LIMIT_DEFAULT (problem+json), or RATE_LIMIT_TOOLS on a `tools/call` "
+            "(a JSON-RPC error, code -32010); `Retry-After` either way."
+        },
+    },
+    summary="MCP: the tools over the Model Context Protocol (Streamable HTTP, stateless, JSON responses)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "object", "description": "One JSON-RPC message"}}
+            },
+        }
+    },
+)
+async def mcp(
+    request: Request,
+    _origin: McpOriginCheck,
+    user: CurrentUserDetached,
+    server: McpServerDep,
+    sandbox: SandboxDep,
+    market: MarketDataDep,
+    database: DatabaseDep,
+    limiter: LimiterDep,
+    settings: SettingsDep,
+) -> Response:
+    caller = McpCaller(
+        user_id=user.id,
+        database=database,
+        sandbox=sandbox,
+        market=market,
+        timeout=settings.tool_timeout_seconds,
+    )
+    return await server.exchange(request, caller, limiter=limiter, tools_limit=settings.rate_limit_tools)
