@@ -7,7 +7,7 @@ import re
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from app.tools.schemas import (
     DEFAULT_COMMISSION,
@@ -17,6 +17,7 @@ from app.tools.schemas import (
     MAX_FAST,
     MAX_INITIAL_CASH,
     MAX_SLOW,
+    slow_above_fast,
 )
 
 _INTEGER = re.compile(r"\s*[0-9]{1,6}\s*")
@@ -57,13 +58,7 @@ class BacktestParams(BaseModel):
         Field(gt=0, le=MAX_INITIAL_CASH, allow_inf_nan=False, strict=True),
     ] = DEFAULT_INITIAL_CASH
 
-    @field_validator("slow")
-    @classmethod
-    def _slow_above_fast(cls, slow: int, info: ValidationInfo) -> int:
-        fast = info.data.get("fast")
-        if fast is not None and slow <= fast:
-            raise ValueError(f"must be greater than fast ({fast})")
-        return slow
+    _slow_above_fast = field_validator("slow")(slow_above_fast)
 
 
 class BacktestAccepted(BaseModel):

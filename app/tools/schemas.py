@@ -105,6 +105,14 @@ DEFAULT_COMMISSION: Final = 0.0
 DEFAULT_INITIAL_CASH: Final = 100_000.0
 
 
+def slow_above_fast(cls: type[BaseModel], slow: int, info: ValidationInfo) -> int:
+    """A ``slow`` field validator: the slow SMA window must be longer than ``fast`` (validated before it)."""
+    fast = info.data.get("fast")
+    if fast is not None and slow <= fast:
+        raise ValueError(f"must be greater than fast ({fast})")
+    return slow
+
+
 class ToolArgs(BaseModel):
     """Base of every argument model: closed, strict, finite."""
 
@@ -353,13 +361,7 @@ class BacktestArgs(ToolArgs):
             raise ValueError("must not be before start")
         return end
 
-    @field_validator("slow")
-    @classmethod
-    def _slow_above_fast(cls, slow: int, info: ValidationInfo) -> int:
-        fast = info.data.get("fast")
-        if fast is not None and slow <= fast:
-            raise ValueError(f"must be greater than fast ({fast})")
-        return slow
+    _slow_above_fast = field_validator("slow")(slow_above_fast)
 
 
 class QuoteArgs(ToolArgs):
