@@ -228,9 +228,11 @@ def _civil(days: np.ndarray):
     return y, m, d
 
 
-def write_bars(path: Path, rows: int, seed: int = 7, block: int = 500_000) -> int:
-    """Minute bars ``2024-01-02T09:30:00Z,101.25,101.31,101.20,101.27,4312`` (prices in cents,
-    variable width), written with vectorised byte assembly.  Returns the file size."""
+def write_bars(path: Path, rows: int, seed: int = 7, block: int = 500_000, decimals: int = 2) -> int:
+    """Minute bars ``2024-01-02T09:30:00Z,101.25,101.31,101.20,101.27,4312`` (prices with
+    ``decimals`` fraction digits, variable-width integer part), written with vectorised byte
+    assembly.  Returns the file size."""
+    scale = 10**decimals
     rng = np.random.default_rng(seed)
     start = int(np.datetime64("2020-01-01T00:00:00", "s").astype(np.int64))
     log_p = np.log(100.0)
@@ -245,10 +247,11 @@ def write_bars(path: Path, rows: int, seed: int = 7, block: int = 500_000) -> in
             steps = rng.normal(0.0, 2e-4, n)
             path_ = log_p + np.cumsum(steps)
             log_p = path_[-1]
-            close = np.maximum(np.rint(np.exp(path_) * 100), 1).astype(np.int64)
+            close = np.maximum(np.rint(np.exp(path_) * scale), 1).astype(np.int64)
             open_ = np.concatenate(([close[0]], close[:-1]))
-            high = np.maximum(open_, close) + rng.integers(0, 8, n)
-            low = np.maximum(np.minimum(open_, close) - rng.integers(0, 8, n), 1)
+            spread = max(scale // 100, 1) * 8
+            high = np.maximum(open_, close) + rng.integers(0, spread, n)
+            low = np.maximum(np.minimum(open_, close) - rng.integers(0, spread, n), 1)
             vol = rng.integers(0, 100_000, n)
             parts = [
                 _digits(y, 4, False),
@@ -264,12 +267,12 @@ def write_bars(path: Path, rows: int, seed: int = 7, block: int = 500_000) -> in
                 _digits(secs % 60, 2, False),
                 np.broadcast_to(sep("Z"), (n, 1)),
             ]
-            for cents in (open_, high, low, close):
+            for units in (open_, high, low, close):
                 parts += [
                     np.broadcast_to(sep(","), (n, 1)),
-                    _digits(cents // 100, 7, True),
+                    _digits(units // scale, 7, True),
                     np.broadcast_to(sep("."), (n, 1)),
-                    _digits(cents % 100, 2, False),
+                    _digits(units % scale, decimals, False),
                 ]
             parts += [
                 np.broadcast_to(sep(","), (n, 1)),
@@ -283,6 +286,7 @@ def write_bars(path: Path, rows: int, seed: int = 7, block: int = 500_000) -> in
 
 CHILD = r"""
 import json, resource, sys, time
+sys.modules["pyarrow"] = None  # the dev tools install pyarrow; the production image does not
 t0 = time.perf_counter()
 from app.quant.backtest import run_backtest
 import pandas  # what the first chunk would import anyway; counted in the import time
