@@ -143,6 +143,10 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=5, ge=0, le=200)
     db_pool_timeout: float = Field(default=5.0, gt=0, le=120)
+    # Server-side, on every pooled connection: PostgreSQL itself cancels a statement that runs longer,
+    # and ends a session left idle inside a transaction (which would hold its locks and connection).
+    db_statement_timeout_seconds: float = Field(default=30.0, ge=0.05, le=3600)
+    db_idle_in_transaction_timeout_seconds: float = Field(default=60.0, ge=0.05, le=3600)
 
     stripe_webhook_enabled: bool = True
     trusted_proxies: str = ""

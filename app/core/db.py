@@ -15,6 +15,13 @@ There is exactly one transaction idiom, in two forms:
 Pool size, overflow and checkout timeout come from settings; a checkout that times out raises
 ``sqlalchemy.exc.TimeoutError``, which the error handlers answer with 503 + Retry-After. Pool gauges
 are updated from pool events, so they are correct in multi-worker mode too.
+
+Every pooled connection also carries two server-side limits, from settings, so that a stuck unit of
+work cannot hold a connection or its locks for ever (the pool-exhaustion emergency of the failure
+analysis): ``statement_timeout`` (``DB_STATEMENT_TIMEOUT_SECONDS``: PostgreSQL cancels the statement,
+SQLSTATE 57014, answered 503 ``db-timeout``) and ``idle_in_transaction_session_timeout``
+(``DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS``: PostgreSQL ends a session that sits inside an open
+transaction without sending anything, which rolls it back and frees its locks).
 """
 
 from __future__ import annotations
@@ -49,8 +56,12 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
 def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
-    """The process's engine: bounded pool, pre-ping, connect and statement timeouts."""
+    """The process's engine: bounded pool, pre-ping, connect and statement timeouts (server-side)."""
     options: dict[str, Any] = {
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
@@ -64,8 +75,16 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
         "pool_recycle": 1800,
         "connect_args": {
             "timeout": 5,  # TCP connect + auth, seconds
-            "command_timeout": 30,  # no query may hang a request for ever
-            "server_settings": {"application_name": "tradedesk"},
+            # The server cancels first (statement_timeout, a clean SQLSTATE 57014 and the locks
+            # released); the client-side limit is the backstop for a server that stops answering.
+            "command_timeout": settings.db_statement_timeout_seconds + 5,
+            "server_settings": {
+                "application_name": "tradedesk",
+                "statement_timeout": str(_ms(settings.db_statement_timeout_seconds)),
+                "idle_in_transaction_session_timeout": str(
+                    _ms(settings.db_idle_in_transaction_timeout_seconds)
+                ),
+            },
         },
     }
     options.update(overrides)

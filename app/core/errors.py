@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from app.core.observability import DB_POOL_TIMEOUTS, UNHANDLED_ERRORS, request_id_var
+from app.core.observability import DB_POOL_TIMEOUTS, DB_STATEMENT_TIMEOUTS, UNHANDLED_ERRORS, request_id_var
 
 log = logging.getLogger("tradedesk.errors")
 
@@ -223,7 +223,29 @@ async def _pool_timeout_handler(request: Request, exc: sqlalchemy.exc.TimeoutErr
     )
 
 
+QUERY_CANCELED = "57014"  # statement_timeout (or an operator's pg_cancel_backend)
+
+
+def sqlstate_of(exc: sqlalchemy.exc.DBAPIError) -> str | None:
+    """The PostgreSQL SQLSTATE behind a SQLAlchemy error (asyncpg's, through the adapter), if any."""
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
 async def _dbapi_error_handler(request: Request, exc: sqlalchemy.exc.DBAPIError) -> JSONResponse:
+    if sqlstate_of(exc) == QUERY_CANCELED:
+        DB_STATEMENT_TIMEOUTS.inc()
+        log.warning(
+            "database statement cancelled", extra={"path": request.url.path, "sqlstate": QUERY_CANCELED}
+        )
+        return problem_response(
+            503,
+            detail="A database statement ran past the server's time limit and was cancelled; retry shortly.",
+            slug="db-timeout",
+            instance=request.url.path,
+            headers={"Retry-After": "1"},
+        )
     if exc.connection_invalidated:
         # The connection died under the request (database restart, failover, network cut). The pool
         # has been invalidated, so a retry gets a fresh connection.
@@ -244,9 +266,7 @@ def log_exception(logger: logging.Logger, message: str, exc: BaseException, **ex
     offending values (PostgreSQL quotes them), so for those only the type, SQLSTATE and stack are kept."""
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
         orig = exc.orig
-        sqlstate = getattr(orig, "sqlstate", None) or getattr(
-            getattr(orig, "__cause__", None), "sqlstate", None
-        )
+        sqlstate = sqlstate_of(exc)
         logger.error(
             message,
             extra={

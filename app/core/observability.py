@@ -60,6 +60,10 @@ DB_POOL_OVERFLOW = Gauge(
     multiprocess_mode="livesum",
 )
 DB_POOL_TIMEOUTS = Counter("db_pool_timeouts_total", "Pool checkouts that timed out (answered 503).")
+DB_STATEMENT_TIMEOUTS = Counter(
+    "db_statement_timeouts_total",
+    "Statements PostgreSQL cancelled at DB_STATEMENT_TIMEOUT_SECONDS (answered 503).",
+)
 RATE_LIMIT_HITS = Counter("rate_limit_hits_total", "Requests refused by a rate limit (429).", ["route"])
 RATE_LIMIT_ERRORS = Counter(
     "rate_limit_storage_errors_total", "Rate-limit storage failures (the limiter failed open).", ["limit"]
