@@ -29,7 +29,12 @@ from app.core.db import Database, create_engine
 from app.core.errors import install_error_handlers
 from app.core.http import Outbound
 from app.core.idempotency import install_idempotency
-from app.core.middleware import BodyLimitMiddleware, CORSMiddleware, RequestContextMiddleware
+from app.core.middleware import (
+    BodyLimitMiddleware,
+    CORSMiddleware,
+    HeadAsGetMiddleware,
+    RequestContextMiddleware,
+)
 from app.core.observability import configure_logging, mark_worker_stopped, prune_dead_workers
 from app.core.ratelimit import RateLimiter
 from app.core.redisconn import close_redis, connect_redis
@@ -205,6 +210,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(mcp_router)  # POST /mcp
 
     # add_middleware wraps: the last one added is the outermost.
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -227,6 +233,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         RequestContextMiddleware,
         trusted_proxies=settings.trusted_proxy_networks,
         production=settings.app_env == "production",
+        blocked_networks=settings.blocked_network_list,
     )
     return app
 

@@ -150,6 +150,8 @@ class Settings(BaseSettings):
 
     stripe_webhook_enabled: bool = True
     trusted_proxies: str = ""
+    # An emergency block (runbook: rate-limit attack): clients in these networks get 403 on every route.
+    blocked_networks: str = ""
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=86400)
 
     # --- validators ---------------------------------------------------------------
@@ -236,7 +238,7 @@ class Settings(BaseSettings):
             ) from None
         return value
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "blocked_networks")
     @classmethod
     def _check_trusted_proxies(cls, value: str) -> str:
         for item in _split_csv(value):
@@ -294,6 +296,10 @@ class Settings(BaseSettings):
     @cached_property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(item, strict=False) for item in _split_csv(self.trusted_proxies)]
+
+    @cached_property
+    def blocked_network_list(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(item, strict=False) for item in _split_csv(self.blocked_networks)]
 
     @cached_property
     def stripe_webhook_secrets(self) -> list[str]:

@@ -4,7 +4,12 @@
 resolves the client IP (trusting ``X-Forwarded-For`` only from ``TRUSTED_PROXIES``), adds
 security and per-request headers, records metrics and writes one structured access-log line.
 It also turns an exception that escaped everything else into a 500 problem+json, so even
-that response carries the request id and is counted.
+that response carries the request id and is counted, and refuses clients in ``BLOCKED_NETWORKS``
+(403) before anything else runs.
+
+``HeadAsGetMiddleware`` is the innermost: ``HEAD`` is answered like ``GET`` without a body on every
+route (uptime monitors such as UptimeRobot's default one send ``HEAD``; FastAPI routes answer only
+the methods they declare, so ``HEAD /healthz`` was a 405).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import BodyTooLarge, log_exception, problem_body, problem_response, unhandled_problem
 from app.core.observability import (
+    BLOCKED_REQUESTS,
     BODY_TOO_LARGE,
     HTTP_DURATION,
     HTTP_IN_FLIGHT,
@@ -96,12 +102,53 @@ def route_template(scope: Scope) -> str:
     return path if path else "<unmatched>"
 
 
+def _in_networks(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:192.0.2.1 is 192.0.2.1, as for the rate limits
+    return any(ip in network for network in networks)
+
+
+class HeadAsGetMiddleware:
+    """Serve ``HEAD`` as ``GET`` and drop the body: same status and headers (Content-Length included)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        # In place, so that the route the router matches is visible to the outer layers (metrics,
+        # access log); they see HEAD again once the route has answered.
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, receive, send_headers_only)
+        finally:
+            scope["method"] = "HEAD"
+
+
 class RequestContextMiddleware:
     def __init__(
-        self, app: ASGIApp, *, trusted_proxies: Sequence[Network] = (), production: bool = False
+        self,
+        app: ASGIApp,
+        *,
+        trusted_proxies: Sequence[Network] = (),
+        production: bool = False,
+        blocked_networks: Sequence[Network] = (),
     ) -> None:
         self.app = app
         self.trusted = list(trusted_proxies)
+        self.blocked = list(blocked_networks)
         base = [
             (b"x-content-type-options", b"nosniff"),
             (b"x-frame-options", b"DENY"),
@@ -161,7 +208,14 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            if self.blocked and _in_networks(client_ip, self.blocked):
+                BLOCKED_REQUESTS.inc()
+                refusal = problem_response(
+                    403, detail="Requests from this network are blocked.", slug="blocked", instance=path
+                )
+                await refusal(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
         except Exception as exc:
             log_exception(log, "unhandled exception", exc)
             if not started:

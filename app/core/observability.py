@@ -74,6 +74,9 @@ RATE_LIMIT_SKIPPED = Counter(
     ["limit"],
 )
 BODY_TOO_LARGE = Counter("http_request_body_too_large_total", "Requests refused with 413.")
+BLOCKED_REQUESTS = Counter(
+    "http_blocked_requests_total", "Requests refused with 403 because the client is in BLOCKED_NETWORKS."
+)
 UNHANDLED_ERRORS = Counter("http_unhandled_exceptions_total", "Unexpected exceptions answered with 500.")
 WEBHOOK_EVENTS = Counter(
     "webhook_events_total",
