@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Collection
+from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, text, update
@@ -248,3 +249,78 @@ class BillingRepository:
             )
         stmt = stmt.order_by(Payment.paid_at.desc(), Payment.id.desc()).limit(limit)
         return list((await self.session.execute(stmt)).scalars())
+
+
+# The operator's audit (python -m app.cli audit-payments): what arrived since a moment, read-only.
+_AUDIT_EVENTS = text(
+    "SELECT id, type, stripe_created_at, processed_at FROM stripe_events"
+    " WHERE processed_at >= :since ORDER BY processed_at, id LIMIT :limit"
+)
+_AUDIT_EVENT_COUNTS = text(
+    "SELECT type, count(*) AS n FROM stripe_events WHERE processed_at >= :since GROUP BY type ORDER BY type"
+)
+# Payments recorded since then: by the processing time of the event that paid them (a payment's
+# paid_at comes from the event's payload, which whoever signed the event chose).
+_AUDIT_PAYMENTS = text(
+    "SELECT p.invoice_id, p.stripe_customer_id, a.user_id, p.amount_minor, p.currency, p.paid_at,"
+    " p.event_id, e.processed_at"
+    " FROM payments p LEFT JOIN stripe_events e ON e.id = p.event_id"
+    " LEFT JOIN billing_accounts a ON a.stripe_customer_id = p.stripe_customer_id"
+    " WHERE coalesce(e.processed_at, p.paid_at) >= :since ORDER BY coalesce(e.processed_at, p.paid_at), p.id"
+    " LIMIT :limit"
+)
+_AUDIT_PAYMENTS_WITHOUT_EVENT = text(
+    "SELECT p.invoice_id, p.stripe_customer_id, a.user_id, p.amount_minor, p.currency, p.paid_at, p.event_id"
+    " FROM payments p LEFT JOIN billing_accounts a ON a.stripe_customer_id = p.stripe_customer_id"
+    " WHERE p.paid_at >= :since AND NOT EXISTS (SELECT 1 FROM stripe_events e WHERE e.id = p.event_id)"
+    " ORDER BY p.paid_at, p.id LIMIT :limit"
+)
+_AUDIT_PAYMENT_TOTALS = text(
+    "SELECT p.currency, count(*) AS n, sum(p.amount_minor) AS amount_minor, count(*) FILTER (WHERE e.id IS NULL)"
+    " AS without_event"
+    " FROM payments p LEFT JOIN stripe_events e ON e.id = p.event_id"
+    " WHERE coalesce(e.processed_at, p.paid_at) >= :since GROUP BY p.currency ORDER BY p.currency"
+)
+_AUDIT_SUBSCRIPTIONS = text(
+    "SELECT s.stripe_customer_id, s.stripe_subscription_id, a.user_id, s.status, s.status_event_at, s.updated_at"
+    " FROM billing_subscriptions s LEFT JOIN billing_accounts a ON a.stripe_customer_id = s.stripe_customer_id"
+    " WHERE s.updated_at >= :since ORDER BY s.updated_at LIMIT :limit"
+)
+# Stripe signs an event when it sends it and retries for up to three days: an event "created" in the
+# future, or processed long after its creation, deserves a look in Stripe's dashboard.
+_AUDIT_ODD_TIMING = text(
+    "SELECT id, type, stripe_created_at, processed_at FROM stripe_events WHERE processed_at >= :since"
+    " AND (stripe_created_at > processed_at + interval '5 minutes'"
+    " OR stripe_created_at < processed_at - interval '3 days') ORDER BY processed_at LIMIT :limit"
+)
+
+
+class AuditRepository:
+    """Read-only queries behind the payments audit."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def _rows(self, stmt: Any, **params: Any) -> list[dict[str, Any]]:
+        return [dict(row._mapping) for row in await self.session.execute(stmt, params)]
+
+    async def events(self, *, since: dt.datetime, limit: int) -> list[dict[str, Any]]:
+        return await self._rows(_AUDIT_EVENTS, since=since, limit=limit)
+
+    async def event_counts(self, *, since: dt.datetime) -> dict[str, int]:
+        return {r["type"]: int(r["n"]) for r in await self._rows(_AUDIT_EVENT_COUNTS, since=since)}
+
+    async def payments(self, *, since: dt.datetime, limit: int) -> list[dict[str, Any]]:
+        return await self._rows(_AUDIT_PAYMENTS, since=since, limit=limit)
+
+    async def payments_without_event(self, *, since: dt.datetime, limit: int) -> list[dict[str, Any]]:
+        return await self._rows(_AUDIT_PAYMENTS_WITHOUT_EVENT, since=since, limit=limit)
+
+    async def payment_totals(self, *, since: dt.datetime) -> list[dict[str, Any]]:
+        return await self._rows(_AUDIT_PAYMENT_TOTALS, since=since)
+
+    async def subscriptions(self, *, since: dt.datetime, limit: int) -> list[dict[str, Any]]:
+        return await self._rows(_AUDIT_SUBSCRIPTIONS, since=since, limit=limit)
+
+    async def odd_timing(self, *, since: dt.datetime, limit: int) -> list[dict[str, Any]]:
+        return await self._rows(_AUDIT_ODD_TIMING, since=since, limit=limit)

@@ -10,7 +10,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.billing.repository import BillingRepository, SubscriptionOfAnotherCustomer, UnknownUser
+from app.billing.repository import (
+    AuditRepository,
+    BillingRepository,
+    SubscriptionOfAnotherCustomer,
+    UnknownUser,
+)
 from app.billing.schemas import PaymentOut, PaymentsPage, SubscriptionOut
 from app.core.config import Settings
 from app.core.db import Database
@@ -301,3 +306,52 @@ async def list_payments(
     ]
     next_cursor = cursors.encode(user_id, page[-1].paid_at, page[-1].id) if more else None
     return PaymentsPage(items=items, next_cursor=next_cursor)
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, dt.datetime):
+            out[key] = value.isoformat()
+        elif isinstance(value, uuid.UUID):
+            out[key] = str(value)
+        else:
+            out[key] = value
+    return out
+
+
+async def audit(*, database: Database, since: dt.datetime, limit: int = 1000) -> dict[str, Any]:
+    """What billing recorded since ``since``: webhook events, payments, subscription changes, and
+    the rows that deserve a second look (a payment without its event, an event with odd timing)."""
+    async with database.own_transaction() as session:
+        repo = AuditRepository(session)
+        events = await repo.events(since=since, limit=limit)
+        event_counts = await repo.event_counts(since=since)
+        payments = await repo.payments(since=since, limit=limit)
+        totals = await repo.payment_totals(since=since)
+        subscriptions = await repo.subscriptions(since=since, limit=limit)
+        odd = await repo.odd_timing(since=since, limit=limit)
+        without_event = await repo.payments_without_event(since=since, limit=limit)
+    for p in (*payments, *without_event):
+        p["amount"] = format_amount(p.pop("amount_minor"), p["currency"])
+    return {
+        "since": since.isoformat(),
+        "events": sum(event_counts.values()),
+        "events_by_type": event_counts,
+        "payments": sum(int(t["n"]) for t in totals),
+        "paid_by_currency": {
+            t["currency"]: format_amount(int(t["amount_minor"]), t["currency"]) for t in totals
+        },
+        "subscriptions_changed": len(subscriptions),
+        "suspicious": sum(int(t["without_event"]) for t in totals) + len(odd),
+        "payments_without_event": [_jsonable(p) for p in without_event],
+        "events_with_odd_timing": [_jsonable(e) for e in odd],
+        "truncated": any(
+            len(rows) >= limit for rows in (events, payments, subscriptions, without_event, odd)
+        ),
+        "items": {
+            "events": [_jsonable(e) for e in events],
+            "payments": [_jsonable(p) for p in payments],
+            "subscriptions": [_jsonable(s) for s in subscriptions],
+        },
+    }
