@@ -287,5 +287,9 @@ def configure_logging(level: str = "INFO") -> None:
     # The access log is ours (one line per request with route template and duration).
     logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every request URL at INFO; URLs can carry secrets (e.g. Discord webhook tokens).
-    for name in ("httpx", "httpcore"):
+    # SQLAlchemy would log statements at INFO and result rows at DEBUG (password hashes, emails,
+    # encrypted tokens); it pins itself to WARNING at import unless configured, and this keeps it so
+    # whatever imports first. Stripe's library logs request details. LOG_LEVEL=DEBUG (a runbook step)
+    # must not turn any of that on: tests/core/test_debug_logging.py.
+    for name in ("httpx", "httpcore", "sqlalchemy", "asyncpg", "stripe"):
         logging.getLogger(name).setLevel(logging.WARNING)

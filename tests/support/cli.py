@@ -14,16 +14,16 @@ from tests.support.settings import TEST_FERNET_KEY, TEST_JWT_SECRET, TEST_WEBHOO
 
 
 def cli_env(database_url: str, **extra: str) -> dict[str, str]:
-    return server_env(
-        DATABASE_URL=database_url,
-        FRONTEND_URL="http://localhost:3000",
-        JWT_SECRET=TEST_JWT_SECRET,
-        STRIPE_WEBHOOK_SECRET=TEST_WEBHOOK_SECRET,
-        TOKEN_ENCRYPTION_KEY=TEST_FERNET_KEY,
-        APP_ENV="test",
-        LOG_LEVEL="WARNING",
-        **extra,
-    )
+    values = {
+        "DATABASE_URL": database_url,
+        "FRONTEND_URL": "http://localhost:3000",
+        "JWT_SECRET": TEST_JWT_SECRET,
+        "STRIPE_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET,
+        "TOKEN_ENCRYPTION_KEY": TEST_FERNET_KEY,
+        "APP_ENV": "test",
+        "LOG_LEVEL": "WARNING",
+    }
+    return server_env(**{**values, **extra})
 
 
 async def run_cli(database_url: str, *args: str, **extra: str) -> tuple[int, dict[str, Any] | None, str]:
