@@ -20,7 +20,9 @@ async def test_debug_logging_shows_no_secret_of_a_signup_and_login(database_url:
         with servers.diagnosed():
             server = await servers.start()
             http = server.http
-            assert (await http.post("/v1/auth/signup", json={"email": email, "password": password})).status_code == 201
+            assert (
+                await http.post("/v1/auth/signup", json={"email": email, "password": password})
+            ).status_code == 201
             login = await http.post("/v1/auth/login", json={"email": email, "password": password})
             token = login.json()["access_token"]
             me = await http.get("/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
