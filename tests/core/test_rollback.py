@@ -101,8 +101,11 @@ async def _upgrade(url: str, revision: str) -> None:
     await asyncio.to_thread(dbsupport.migrate, url, revision)
 
 
-async def _downgrade(url: str, revision: str) -> None:
-    await asyncio.to_thread(dbsupport.downgrade, url, revision)
+async def _downgrade(url: str, revision: str, *, step: str) -> None:
+    try:
+        await asyncio.to_thread(dbsupport.downgrade, url, revision)
+    except Exception as exc:
+        raise AssertionError(f"downgrade {step} failed with rows in place: {exc}") from exc
 
 
 async def _models_match(url: str) -> None:
@@ -190,7 +193,7 @@ async def test_every_downgrade_works_with_data_in_place() -> None:
             previous = revisions[i - 1] if i else "base"
             await _upgrade(url, revision)
             upgraded = await _snapshot(conn)
-            await _downgrade(url, previous)
+            await _downgrade(url, previous, step=f"{revision} -> {previous}")
             downgraded = await _snapshot(conn)
             kept = _untouched(upgraded, downgraded)
             _assert_kept(upgraded, downgraded, kept, f"downgrade {revision} -> {previous}")
@@ -210,7 +213,7 @@ async def test_every_downgrade_works_with_data_in_place() -> None:
         for i in range(len(revisions) - 1, -1, -1):
             revision, previous = revisions[i], (revisions[i - 1] if i else "base")
             before = await _snapshot(conn)
-            await _downgrade(url, previous)
+            await _downgrade(url, previous, step=f"{revision} -> {previous}")
             after = await _snapshot(conn)
             _assert_kept(before, after, _untouched(before, after), f"downgrade {revision} -> {previous}")
             _assert_all_filled(after, f"after the downgrade {revision} -> {previous}")
