@@ -119,12 +119,20 @@ async def _models_match(url: str) -> None:
 
 
 async def _app_writes(url: str) -> None:
-    """The app's own repositories write to the replayed schema and read what the seeds left there."""
+    """The app's own repositories read the rows the seed wrote (tag ``again``) and write their own."""
     engine = create_async_engine(url)
     now = dt.datetime.now(dt.UTC)
     try:
         async with AsyncSession(engine, expire_on_commit=False) as session:
-            user = await UserRepository(session).add(
+            users = UserRepository(session)
+            seeded = await users.get_credentials("trader.again@example.com")
+            assert seeded is not None
+            speaking = await BillingRepository(session).subscription_for_user(
+                user_id=seeded.user_id, speaking_first={"active", "trialing"}
+            )
+            assert speaking is not None and speaking[0] == "active", speaking
+
+            user = await users.add(
                 email="After.Rollback@Example.com",
                 email_normalized="after.rollback@example.com",
                 password_hash="$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
@@ -206,7 +214,8 @@ async def test_every_downgrade_works_with_data_in_place() -> None:
 
         # At head every table of the schema holds rows written by some schema version.
         head = await _snapshot(conn)
-        assert set(head) == {t.name for t in metadata.sorted_tables}
+        models = {t.name for t in metadata.sorted_tables}
+        assert set(head) == models, f"tables at head vs models: {sorted(set(head) ^ models)}"
         _assert_all_filled(head, "at head")
 
         # Down, one step at a time, with all of it in place.
