@@ -57,6 +57,9 @@ from tests.support.rehearsal import (
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+# What the server, its workers and sandboxes, the migrations and the healthcheck import (byte_compile).
+IMPORTED = ["app.__main__", "app.main", "app.tools.functions", "app.backtests.functions", "alembic.config"]
+IMPORTED += ["alembic.command", "urllib.request"]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,8 @@ def rehearsal() -> Iterator[Rehearsal]:
     try:
         built = Rehearsal(ROOT, path)
         built.build()
+        with built.runtime() as runtime:
+            runtime.byte_compile(IMPORTED)
         yield built
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -134,11 +139,13 @@ def test_compose_up_migrates_serves_is_healthy_and_stops(rehearsal: Rehearsal, s
 @pytest.mark.slow
 def test_a_env_made_from_the_example_keeps_what_the_image_sets(rehearsal: Rehearsal) -> None:
     """compose's env_file beats the image's ENV: an empty ``KEY=`` in .env.example would silently replace the
-    image's value (an empty BACKTEST_SPOOL_DIR moves the backtest spool off its volume into /tmp)."""
+    image's value (an empty BACKTEST_SPOOL_DIR moved the backtest spool off its volume into /tmp), unless the
+    service's ``environment`` sets it again on purpose."""
     compose = operator_compose()
+    local = {"postgres": "postgresql://127.0.0.1/x", "redis": "redis://127.0.0.1/0"}
     with rehearsal.runtime() as runtime:
         for service in ("migrate", "app"):
-            assert not runtime.overridden_by(compose.env_file(service)), service
+            assert not runtime.overridden(compose, service, local), service
 
 
 def drop(pattern: str) -> str:
@@ -152,9 +159,15 @@ def drop(pattern: str) -> str:
 @pytest.mark.parametrize(
     ("variant", "failure"),
     [
-        pytest.param(drop(r"^COPY .*\balembic\.ini\b.*$"), r"compose service migrate: .*alembic\.ini", id="no-ini"),
         pytest.param(
-            drop(r"^COPY .*\bmigrations\b.*$"), r"compose service migrate: (?s:.*)migrations", id="no-migrations"
+            drop(r"^COPY .*\balembic\.ini\b.*$"),
+            r"compose service migrate: `alembic upgrade head` exited(?s:.*)WORKDIR /srv/tradedesk holds: migrations/$",
+            id="no-ini",
+        ),
+        pytest.param(
+            drop(r"^COPY .*\bmigrations\b.*$"),
+            r"compose service migrate: (?s:.*)Path doesn't exist: .*/srv/tradedesk/migrations",
+            id="no-migrations",
         ),
         pytest.param(
             DOCKERFILE.replace('CMD ["python", "-m", "app"]', 'CMD ["python", "-m", "app.server"]'),

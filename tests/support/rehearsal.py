@@ -384,7 +384,7 @@ class Rehearsal:
             argv = [self.reroot(a) if a.startswith("/") else a for a in argv]
             env = {**{k: v for k, v in os.environ.items() if k.startswith("PIP_")}, **state.env}
             env.setdefault("HOME", str(self.host(state.homes.get(state.user.uid, "/"))))
-            env["PIP_COMPILE"] = "0"  # byte-compiling every dependency adds ~30 s and changes no file set
+            env["PIP_COMPILE"] = "0"  # see Runtime.byte_compile: ~60 s here for files no process imports
             result = as_user(
                 argv,
                 state.user,
@@ -661,12 +661,15 @@ class Runtime:
     def image_env(self) -> dict[str, str]:
         return self.state.env
 
-    def overridden_by(self, values: Mapping[str, str]) -> dict[str, tuple[str, str]]:
-        """Image ENV variables ``values`` (an env_file) would replace: name -> (image's, env_file's)."""
+    def overridden(self, compose: Compose, name: str, services: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+        """Image ENV values the service's env_file replaces and its ``environment`` does not set again:
+        name -> (the image's value, the container's)."""
+        env = self.container_env(compose, name, services)
+        chosen = compose.environment(name)
         return {
-            key: (self.image_env[key], self.rehearsal.reroot(value))
-            for key, value in values.items()
-            if key in self.image_env and self.rehearsal.reroot(value) != self.image_env[key]
+            key: (value, env[key])
+            for key, value in self.image_env.items()
+            if key in compose.env_file(name) and key not in chosen and env[key] != value
         }
 
     def container_env(
@@ -702,11 +705,31 @@ class Runtime:
     def workdir(self) -> Path:
         return self.rehearsal.host(self.state.workdir)
 
+    def contents(self) -> str:
+        """What WORKDIR holds, for failure messages (a file a COPY line forgot shows by its absence)."""
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in self.workdir.iterdir())
+        return f"WORKDIR {self.state.workdir} holds: {', '.join(names) or 'nothing'}"
+
+    def byte_compile(self, modules: list[str]) -> None:
+        """Import ``modules`` once as the build's root would, writing their .pyc into the venv.
+
+        The build stage's ``pip install`` byte-compiles every installed file; the rehearsal installs with
+        ``PIP_COMPILE=0`` (that compile step is ~60 s here, mostly for files no process imports) and then
+        compiles what the processes import, so they start as fast as in the image (PYTHONDONTWRITEBYTECODE
+        stops them writing their own) and the file set differs only by unused .pyc files."""
+        env = {k: v for k, v in self.image_env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)"
+        result = as_user(["python", "-c", code, *modules], Account(0, 0), env=env, cwd=self.workdir, timeout=300)
+        if result.returncode != 0:
+            raise RehearsalError(f"importing {modules} in the image failed\n{tail(result.stdout)}")
+
     def run(self, argv: list[str], env: dict[str, str], *, what: str, timeout: float = 120) -> str:
         """A one-shot command (compose ``command`` of a service that runs to completion); its output."""
         result = as_user(argv, self.state.user, env=env, cwd=self.workdir, timeout=timeout)
         if result.returncode != 0:
-            raise RehearsalError(f"{what}: `{shlex.join(argv)}` exited {result.returncode}\n{tail(result.stdout)}")
+            raise RehearsalError(
+                f"{what}: `{shlex.join(argv)}` exited {result.returncode}\n{tail(result.stdout)}\n{self.contents()}"
+            )
         return result.stdout
 
     def start(self, argv: list[str], env: dict[str, str], *, log_name: str) -> Process:
@@ -732,7 +755,7 @@ class Runtime:
             if process.proc.poll() is not None:
                 raise RehearsalError(
                     f"{what}: `{shlex.join(process.argv)}` exited {process.proc.returncode} before it was "
-                    f"healthy\n{process.tail()}"
+                    f"healthy\n{process.tail()}\n{self.contents()}"
                 )
             result = as_user(check.argv, self.state.user, env=env, cwd=self.workdir, timeout=check.timeout)
             if result.returncode == 0:
