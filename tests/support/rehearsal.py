@@ -26,6 +26,7 @@ container's hostname, resource limits and restart policies.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import json
 import os
@@ -333,7 +334,9 @@ class Rehearsal:
         for instruction in stage.instructions:
             handler = handlers.get(instruction.keyword)
             if handler is None:
-                raise RehearsalError(f"{instruction.where()}: not rehearsed; teach tests/support/rehearsal.py")
+                raise RehearsalError(
+                    f"{instruction.where()}: not rehearsed; teach tests/support/rehearsal.py"
+                )
             handler(state, instruction)
         return state
 
@@ -429,7 +432,9 @@ class Rehearsal:
                     raise RehearsalError(f"{instruction.where()}: no stage {flags['from']} was built")
                 src = base / source.lstrip("/")
                 if not src.exists():
-                    raise RehearsalError(f"{instruction.where()}: {source} does not exist in stage {flags['from']}")
+                    raise RehearsalError(
+                        f"{instruction.where()}: {source} does not exist in stage {flags['from']}"
+                    )
             else:
                 src = self.context / source
                 rel = os.path.normpath(source)
@@ -661,7 +666,9 @@ class Runtime:
     def image_env(self) -> dict[str, str]:
         return self.state.env
 
-    def overridden(self, compose: Compose, name: str, services: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    def overridden(
+        self, compose: Compose, name: str, services: Mapping[str, str]
+    ) -> dict[str, tuple[str, str]]:
         """Image ENV values the service's env_file replaces and its ``environment`` does not set again:
         name -> (the image's value, the container's)."""
         env = self.container_env(compose, name, services)
@@ -719,7 +726,9 @@ class Runtime:
         stops them writing their own) and the file set differs only by unused .pyc files."""
         env = {k: v for k, v in self.image_env.items() if k != "PYTHONDONTWRITEBYTECODE"}
         code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)"
-        result = as_user(["python", "-c", code, *modules], Account(0, 0), env=env, cwd=self.workdir, timeout=300)
+        result = as_user(
+            ["python", "-c", code, *modules], Account(0, 0), env=env, cwd=self.workdir, timeout=300
+        )
         if result.returncode != 0:
             raise RehearsalError(f"importing {modules} in the image failed\n{tail(result.stdout)}")
 
@@ -872,13 +881,15 @@ def up(runtime: Runtime, compose: Compose, name: str, services: Mapping[str, str
         raise RehearsalError(f"compose service {name}: no command and the image has no CMD")
     process = runtime.start(list(command), env, log_name=name)
     try:
-        checks = {"Dockerfile HEALTHCHECK": runtime.state.healthcheck, f"compose {name} healthcheck": None}
-        checks[f"compose {name} healthcheck"] = compose.healthcheck(name)
+        checks = {
+            "Dockerfile HEALTHCHECK": runtime.state.healthcheck,
+            f"compose {name} healthcheck": compose.healthcheck(name),
+        }
         healthy: dict[str, float] = {}
         for label, check in checks.items():
             if check is None:
                 raise RehearsalError(f"{label}: none, so Docker would never report the app healthy")
-            check.argv = with_port(check.argv, port, local_port)
+            check = dataclasses.replace(check, argv=with_port(check.argv, port, local_port))
             healthy[label] = runtime.wait_healthy(check, env, process, what=f"compose service {name}")
         yield Up(process, env, local_port, healthy)
     finally:
