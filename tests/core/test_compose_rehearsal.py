@@ -22,8 +22,9 @@ before it fails in someone's `docker compose up`:
    environment (image ENV < env_file < environment, from a .env filled in from .env.example; the
    ``@postgres``/``redis://redis`` URLs pointed at a scratch database and the test Redis). The Dockerfile's
    HEALTHCHECK and compose's app healthcheck, as written (only the port moved if 8000 is taken here), must
-   pass within the time Docker would allow; /readyz answers 200 with the migrations at head; SIGTERM stops
-   the server within compose's 10 s grace.
+   pass within the time Docker would allow; /readyz answers 200 with the migrations at head; /metrics, /docs
+   and /redoc with their same-origin assets (package data) answer 200; SIGTERM stops the server within
+   compose's 10 s grace.
 3. Variants of the Dockerfile (a runtime COPY removed, a wrong CMD) and small ones for the helper's rules
    (a source missing from the context or .dockerignored, a RUN command that is not safe on a host) must fail
    with a message naming the cause: the rehearsal can fail.
@@ -129,6 +130,15 @@ def test_compose_up_migrates_serves_is_healthy_and_stops(
             # /metrics aggregates the workers' files: the tmpfs PROMETHEUS_MULTIPROC_DIR is writable by them.
             metrics = client.get("/metrics")
             assert metrics.status_code == 200 and "http_requests_total" in metrics.text, app.process.tail()
+            # Files the installed package must carry besides its modules (package data: the docs pages' own
+            # scripts, the vendored Swagger UI and ReDoc): every same-origin asset of /docs and /redoc.
+            for page in ("/docs", "/redoc"):
+                html = client.get(page)
+                assert html.status_code == 200, (page, html.status_code)
+                assets = re.findall(r'(?:src|href)="(/[^"]*)"', html.text)
+                assert assets, page
+                for asset in assets:
+                    assert client.get(asset).status_code == 200, (page, asset, app.process.tail())
         head = ScriptDirectory(str(runtime.workdir / "migrations")).get_current_head()
         assert alembic_version(stand_ins["postgres"]) == [head]
         spool = Path(app.env["BACKTEST_SPOOL_DIR"])

@@ -195,7 +195,7 @@ def ignored(rel: str, patterns: list[str]) -> bool:
 
 def base_interpreter(image: str) -> str:
     """The host's ``python3.X`` for a ``python:3.X-…`` base image, from system directories a non-root user can
-    reach (not a developer's pyenv under /root)."""
+    reach (not a developer's pyenv in root's home)."""
     match = re.fullmatch(r"python:(\d+\.\d+)[\w.-]*", image)
     if not match:
         raise RehearsalError(f"FROM {image}: only python:3.X images are rehearsed")
