@@ -261,3 +261,15 @@ def test_the_operator_env_fills_every_required_secret() -> None:
     values = parse_dotenv(operator_dotenv((ROOT / ".env.example").read_text()))
     assert len(values["JWT_SECRET"]) >= 32 and values["STRIPE_WEBHOOK_SECRET"].startswith("whsec_")
     assert values["TOKEN_ENCRYPTION_KEY"] and values["FRONTEND_URL"]
+
+
+def test_install_d_makes_the_directory_with_the_image_accounts_owner_and_mode(tmp_workspace: Path) -> None:
+    """The accounts exist only in the image: ``install -o NAME`` gets the id ``useradd``/``groupadd`` gave."""
+    stage = (
+        "RUN groupadd --system --gid 10001 td && useradd --system --uid 10001 --gid td td "
+        "&& install -d -o td -g td -m 0750 /var/lib/x"
+    )
+    rehearsal = small_rehearsal(tmp_workspace, stage)
+    rehearsal.build()
+    made = (rehearsal.snapshots / "build" / "var/lib/x").stat()
+    assert (made.st_uid, made.st_gid, made.st_mode & 0o7777) == (10001, 10001, 0o750)

@@ -385,6 +385,12 @@ class Rehearsal:
                     f"{instruction.where()}: {argv[0]} is not run on a host; teach tests/support/rehearsal.py"
                 )
             argv = [self.reroot(a) if a.startswith("/") else a for a in argv]
+            if argv[0] == "install":  # the accounts exist only in the image: their names become ids here
+                ids = {"-o": state.users, "-g": state.groups}
+                argv = [
+                    str(ids[prev].get(a, a)) if prev in ids else a
+                    for prev, a in zip(["", *argv[:-1]], argv, strict=True)
+                ]
             env = {**{k: v for k, v in os.environ.items() if k.startswith("PIP_")}, **state.env}
             env.setdefault("HOME", str(self.host(state.homes.get(state.user.uid, "/"))))
             env["PIP_COMPILE"] = "0"  # see Runtime.byte_compile: ~60 s here for files no process imports
