@@ -7,7 +7,8 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip install --upgrade pip && pip install .
+# setuptools too: the one a Python 3.11 venv starts with (65.5) has published advisories
+RUN pip install --upgrade pip setuptools && pip install .
 
 # ---- runtime: slim, non-root, only the virtualenv and migrations ----
 FROM python:3.11-slim AS runtime

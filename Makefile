@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+AUDIT_ARGS ?=
 
-.PHONY: help install run test bench lint fmt migrate clean
+.PHONY: help install run test bench lint fmt audit migrate clean
 
 help:
 	@echo "make run    - bootstrap (venv, deps, .env, database, migrations) and serve on http://127.0.0.1:8000"
@@ -13,12 +14,13 @@ help:
 	@echo "make bench  - run the benchmarks and print the figures recorded in docs/performance.md"
 	@echo "make lint   - ruff check, ruff format --check, mypy (strict on app/core and app/quant)"
 	@echo "make fmt    - ruff format and the safe ruff fixes"
+	@echo "make audit  - bandit over app/ and pip-audit over the installed environment (see docs/security.md)"
 	@echo "make migrate - alembic upgrade head against DATABASE_URL"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools  # a 3.11 venv starts with setuptools 65.5, which has advisories
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
@@ -43,6 +45,12 @@ lint: install
 fmt: install
 	$(BIN)/ruff check --fix $(LINT_PATHS)
 	$(BIN)/ruff format $(LINT_PATHS)
+
+# Fails on any bandit finding and on any known-vulnerable dependency; a dependency that could not be
+# audited fails too (pip-audit --strict, then the fallback of scripts/audit_deps.py).
+audit: install
+	$(BIN)/bandit -q -c pyproject.toml -r app
+	$(BIN)/python scripts/audit_deps.py $(AUDIT_ARGS)
 
 migrate: install
 	$(BIN)/alembic upgrade head

@@ -45,7 +45,7 @@ def main() -> None:
     prepare_multiprocess_dir()
     uvicorn.run(
         "app.main:app",
-        host=os.environ.get("HOST", "0.0.0.0"),
+        host=os.environ.get("HOST", "127.0.0.1"),  # the image sets HOST=0.0.0.0
         port=int(os.environ.get("PORT", "8000")),
         workers=settings.web_concurrency,
         proxy_headers=False,

@@ -50,7 +50,7 @@ _ENQUEUE = text(
     SELECT NULL, false, CASE WHEN EXISTS (SELECT 1 FROM hook) THEN 'disabled' ELSE 'missing' END,
            (SELECT disabled_reason FROM hook)
     WHERE NOT EXISTS (SELECT 1 FROM hook WHERE disabled_at IS NULL)
-    """
+    """  # nosec B608 # SQL from module constants; every value is a bound parameter
 )
 
 # For the orders feature: a fill alert for the order's user, if they have an enabled webhook. Embed as a

@@ -135,7 +135,8 @@ class _Receiver:
 
     async def _data(self, data: bytes) -> None:
         if self.current == FILE_FIELD:
-            assert self.upload.file_bytes is not None
+            if self.upload.file_bytes is None:  # _start_part counts from 0 before current is the file
+                raise RuntimeError("file data outside the file part")
             self.upload.file_bytes += len(data)
             if self.upload.file_bytes > self.max_file_bytes:
                 raise UploadTooLarge(
@@ -157,7 +158,8 @@ class _Receiver:
     async def _end_part(self) -> None:
         if self.current == FILE_FIELD:
             await self._flush()
-            assert self.file is not None
+            if self.file is None:  # opened by _start_part, closed only here
+                raise RuntimeError("the file part ended twice")
             await asyncio.to_thread(self.file.close)
             self.file = None
         elif self.current is not None:

@@ -209,7 +209,8 @@ class IdempotentReplay(Exception):
 
 
 async def _replay_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, IdempotentReplay)
+    if not isinstance(exc, IdempotentReplay):  # registered for IdempotentReplay only
+        raise exc
     return exc.response
 
 
@@ -233,7 +234,8 @@ def _canonical_number(text: str) -> _Number:
         sign, digits, exponent = Decimal(text).as_tuple()
     except InvalidOperation:  # an exponent beyond Decimal's range: keep the spelling, still exact
         return _Number("n" + text.lower())
-    assert isinstance(exponent, int)  # JSON has no NaN/Infinity literals that reach here
+    if not isinstance(exponent, int):  # NaN/Infinity: JSON has no such numerals (parse_constant refuses them)
+        raise ValueError(f"{text} is not JSON")
     numerals = "".join(map(str, digits)).lstrip("0")
     if not numerals:
         return _Number("0")
@@ -433,7 +435,7 @@ class IdempotencyRecord:
     # A condition for a raw SQL statement that must only take effect while this request still holds its
     # claim (an order's phase (a) inserts the order under it, in the same statement): bind ``held_params``.
     HELD_SQL = (
-        "EXISTS (SELECT 1 FROM idempotency_keys WHERE user_id = :idem_user_id AND key = :idem_key "
+        "EXISTS (SELECT 1 FROM idempotency_keys WHERE user_id = :idem_user_id AND key = :idem_key "  # nosec B608 # state names are module constants; values are bound
         f"AND state = '{IN_FLIGHT}' AND claim_token = :idem_claim_token)"
     )
 
@@ -447,7 +449,7 @@ class IdempotencyRecord:
     # ``PreparedCompletion.params`` (typed by ``COMPLETION_TYPES``) and, when the statement says it
     # completed, call ``completed(prepared)`` for the Response to send.
     COMPLETE_SQL = (
-        f"UPDATE idempotency_keys SET state = '{COMPLETED}', locked_at = NULL, claim_token = NULL, "
+        f"UPDATE idempotency_keys SET state = '{COMPLETED}', locked_at = NULL, claim_token = NULL, "  # nosec B608 # state names are module constants; values are bound
         "response_status = :idem_status, response_headers = :idem_headers, response_body = :idem_body "
         "WHERE user_id = :idem_user_id AND key = :idem_key "
         f"AND state = '{IN_FLIGHT}' AND claim_token = :idem_claim_token"
@@ -774,7 +776,8 @@ def idempotency_key(*, owner: Callable[..., Any], takeover_after: float | None) 
                 )
             if row.state == COMPLETED:
                 IDEMPOTENCY_REQUESTS.labels("replayed").inc()
-                assert row.response_status is not None and row.response_body is not None
+                if row.response_status is None or row.response_body is None:  # completion sets both
+                    raise RuntimeError(f"completed {HEADER} record without a stored response")
                 response = _build_response(row.response_status, row.response_headers or [], row.response_body)
                 response.headers[REPLAYED_HEADER] = "true"
                 raise IdempotentReplay(response)

@@ -255,7 +255,7 @@ class AccessLogWriter:
         try:
             stream.write(line)
             stream.flush()
-        except Exception:  # a closed or broken log stream never fails a request
+        except Exception:  # nosec B110 # a closed or broken log stream never fails a request
             pass
 
 

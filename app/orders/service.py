@@ -401,7 +401,8 @@ async def _answer_current(database: Database, record: IdempotencyRecord, order_i
     reconciler usually completed the key already, and then this is 409 (the retry replays its answer)."""
     async with database.own_transaction() as session:
         current = await OrderRepository(session).get_by_id(order_id)
-        assert current is not None  # orders are never deleted but with their user
+        if current is None:  # orders are never deleted but with their user
+            raise RuntimeError(f"order {order_id} vanished while its key was held")
         answer = answer_for(current)
         return await record.complete(
             session,

@@ -97,7 +97,7 @@ log = logging.getLogger("tradedesk.discord")
 
 PROVIDER = "discord"
 WEBHOOK_ID_PATTERN = r"^[0-9]{1,25}$"  # a snowflake: 17-20 digits today
-WEBHOOK_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"
+WEBHOOK_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"  # nosec B105 # a pattern for webhook tokens, not a secret
 MAX_CONTENT = 2000  # Discord's limit on a message's content
 UNKNOWN_WEBHOOK_CODE = 10015  # Discord's JSON error code for "Unknown Webhook"
 # A Cloudflare 429 (no X-RateLimit headers) without Retry-After: how long to pause every send.

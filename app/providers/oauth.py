@@ -107,7 +107,7 @@ class AlpacaOAuth:
         if token_type.lower() != "bearer":
             raise OAuthExchangeError(f"unsupported token_type {token_type!r}")
         scope = body.get("scope")
-        return OAuthToken(access_token=token, token_type="bearer", scope=str(scope)[:255] if scope else None)
+        return OAuthToken(access_token=token, token_type="bearer", scope=str(scope)[:255] if scope else None)  # nosec B106 # the OAuth token type, not a secret
 
 
 class LocalOAuth:
@@ -131,7 +131,7 @@ class LocalOAuth:
     async def exchange(self, code: str) -> OAuthToken:
         if self._issued.pop(code, False) is False:
             raise OAuthExchangeError("the local authorization server did not issue this code, or it was used")
-        return OAuthToken(access_token="local-" + secrets.token_urlsafe(32), token_type="bearer", scope=SCOPE)
+        return OAuthToken(access_token="local-" + secrets.token_urlsafe(32), token_type="bearer", scope=SCOPE)  # nosec B106 # the OAuth token type, not a secret
 
 
 def build_broker_oauth(settings: Settings, outbound: Outbound) -> BrokerOAuth | None:

@@ -113,7 +113,7 @@ import logging
 import math
 import multiprocessing
 import os
-import pickle
+import pickle  # nosec B403 # only _PlainUnpickler (find_class refuses every global) loads
 import re
 import resource
 import signal
@@ -701,7 +701,8 @@ class Sandbox:
                 await self.close()
                 raise outcome
         for outcome in results:
-            assert isinstance(outcome, _Worker)
+            if not isinstance(outcome, _Worker):  # every exception was raised above
+                raise TypeError(f"a worker start gave {outcome!r}")
             self._release(outcome)
         log.info("tool sandbox started", extra={"workers": self.size, "memory_mb": self.memory_mb})
 
@@ -967,7 +968,8 @@ class Sandbox:
         finally:
             child_sock.close()
         parent_sock.setblocking(False)
-        assert process.pid is not None
+        if process.pid is None:  # start() returned, so the child exists
+            raise RuntimeError("the tool worker has no process id after start")
         worker = _Worker(slot, process, parent_sock, loop.create_future(), process.pid)
         self._workers.add(worker)
         loop.add_reader(process.sentinel, self._on_exit, worker)
@@ -1091,7 +1093,8 @@ class Sandbox:
     # ---- helpers ---------------------------------------------------------------------------------
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
-        assert self._loop is not None, "the sandbox has not been started"
+        if self._loop is None:
+            raise RuntimeError("the sandbox has not been started")
         return self._loop
 
     def _track(self, task: asyncio.Task[Any]) -> None:

@@ -196,7 +196,7 @@ _CANCEL = (
     .values(status=CANCELED, canceled_at=bindparam("b_now"), updated_at=bindparam("b_now"))
 )
 _OPEN_SYMBOLS = text(
-    f"SELECT DISTINCT symbol FROM paper_orders WHERE status = '{OPEN}' AND symbol > :after "
+    f"SELECT DISTINCT symbol FROM paper_orders WHERE status = '{OPEN}' AND symbol > :after "  # nosec B608 # the status name is a module constant; values are bound
     "ORDER BY symbol LIMIT :n"
 ).bindparams(bindparam("after", type_=String()), bindparam("n", type_=Integer()))
 # One statement: lock the due orders (at most :limit, oldest first, skipping rows another pass holds),
@@ -228,7 +228,7 @@ _MATCH = text(
         updated_at = :now
     FROM due
     WHERE p.id = due.id AND p.status = '{OPEN}'
-    """
+    """  # nosec B608 # SQL from module constants; every value is a bound parameter
 ).bindparams(
     bindparam("symbols", type_=ARRAY(String())),
     bindparam("bids", type_=ARRAY(Numeric())),
@@ -489,7 +489,8 @@ def _placement(order: OrderRequest, quote: Quote, now: dt.datetime) -> dict[str,
     if order.type is OrderType.MARKET:
         marketable = True
     else:
-        assert order.limit_price is not None  # OrderRequest guarantees it for limit orders
+        if order.limit_price is None:  # OrderRequest guarantees it for limit orders
+            raise BrokerRejected("a limit order needs a limit price", 422)
         marketable = price <= order.limit_price if order.side is OrderSide.BUY else price >= order.limit_price
     values: dict[str, Any] = {
         "symbol": order.symbol,
