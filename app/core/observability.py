@@ -61,6 +61,12 @@ DB_POOL_OVERFLOW = Gauge(
 )
 DB_POOL_TIMEOUTS = Counter("db_pool_timeouts_total", "Pool checkouts that timed out (answered 503).")
 RATE_LIMIT_HITS = Counter("rate_limit_hits_total", "Requests refused by a rate limit (429).", ["route"])
+RATE_LIMIT_OFFENDERS = Counter(
+    "rate_limit_offenders_total",
+    "Clients (one key of one limit) refused more than RATE_LIMIT_OFFENDER_THRESHOLD times within "
+    "RATE_LIMIT_OFFENDER_WINDOW_SECONDS; once per key and window. The key is in the warning log line.",
+    ["limit"],
+)
 RATE_LIMIT_ERRORS = Counter(
     "rate_limit_storage_errors_total", "Rate-limit storage failures (the limiter failed open).", ["limit"]
 )
