@@ -83,6 +83,10 @@ WEBHOOK_EVENTS = Counter(
     "(processed, ignored, duplicate, bad_signature, unprocessable, failed, disabled).",
     ["type", "outcome"],
 )
+# Refusals before an event is trusted are labelled type="unknown"; their series exist from startup so an
+# alert on increase() sees the first forged delivery too.
+for _outcome in ("bad_signature", "disabled"):
+    WEBHOOK_EVENTS.labels("unknown", _outcome)
 READINESS_CHECKS = Counter(
     "readiness_checks_total",
     "Database checks made for /readyz (at most one per second per process, shared by every caller).",
