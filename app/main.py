@@ -91,7 +91,11 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         # One Redis client per process, shared by the limiter, the breakers and the cache.
         app.state.redis = connect_redis(redis_url)
-        app.state.limiter = RateLimiter(app.state.redis)
+        app.state.limiter = RateLimiter(
+            app.state.redis,
+            offender_threshold=settings.rate_limit_offender_threshold,
+            offender_window=settings.rate_limit_offender_window_seconds,
+        )
         # Outbound clients (one per provider, breaker state in Redis when set) and market data; tests may
         # set app.state.http_transports = {provider: httpx transport} before startup (app/core/http.py).
         app.state.outbound = Outbound(

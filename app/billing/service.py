@@ -98,6 +98,11 @@ class UnprocessableEvent(Exception):
 STATEFUL_TYPES = frozenset(
     {"checkout.session.completed", "customer.subscription.updated", "customer.subscription.deleted"}
 )
+# The error series of the events we act on exist (at 0) from startup, so the PaymentWebhookErrors alert
+# (deploy/prometheus/alerts.yml) counts their very first failure as well.
+for _type in (*sorted(STATEFUL_TYPES), "invoice.paid"):
+    for _outcome in ("failed", "unprocessable"):
+        WEBHOOK_EVENTS.labels(_type, _outcome)
 
 
 async def handle_event(*, database: Database, event: StripeEvent) -> str:

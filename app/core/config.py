@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     rate_limit_tools: str = "120/minute"  # per user, on POST /v1/tools/{name}/execute (and MCP tools/call)
     rate_limit_backtests: str = "30/hour"  # per user, on POST /v1/backtests (uploads)
     rate_limit_default: str = "600/minute"
+    # One key (IP, /64, user id, email pseudonym) refused this many times by one limit within the window
+    # is an offender: rate_limit_offenders_total{limit} and one warning log line naming the key, once per
+    # window (app/core/ratelimit.py). Counted on the refusal path only, shared through Redis when set.
+    rate_limit_offender_threshold: int = Field(default=20, ge=1, le=1_000_000)
+    rate_limit_offender_window_seconds: int = Field(default=300, ge=10, le=86400)
 
     market_data_cache_seconds: int = Field(default=300, ge=1, le=86400)
     idempotency_ttl_seconds: int = Field(default=86400, ge=60, le=30 * 86400)

@@ -65,6 +65,12 @@ DB_STATEMENT_TIMEOUTS = Counter(
     "Statements PostgreSQL cancelled at DB_STATEMENT_TIMEOUT_SECONDS (answered 503).",
 )
 RATE_LIMIT_HITS = Counter("rate_limit_hits_total", "Requests refused by a rate limit (429).", ["route"])
+RATE_LIMIT_OFFENDERS = Counter(
+    "rate_limit_offenders_total",
+    "Clients (one key of one limit) refused more than RATE_LIMIT_OFFENDER_THRESHOLD times within "
+    "RATE_LIMIT_OFFENDER_WINDOW_SECONDS; once per key and window. The key is in the warning log line.",
+    ["limit"],
+)
 RATE_LIMIT_ERRORS = Counter(
     "rate_limit_storage_errors_total", "Rate-limit storage failures (the limiter failed open).", ["limit"]
 )
@@ -84,6 +90,10 @@ WEBHOOK_EVENTS = Counter(
     "(processed, ignored, duplicate, bad_signature, unprocessable, failed, disabled).",
     ["type", "outcome"],
 )
+# Refusals before an event is trusted are labelled type="unknown"; their series exist from startup so an
+# alert on increase() sees the first forged delivery too.
+for _outcome in ("bad_signature", "disabled"):
+    WEBHOOK_EVENTS.labels("unknown", _outcome)
 READINESS_CHECKS = Counter(
     "readiness_checks_total",
     "Database checks made for /readyz (at most one per second per process, shared by every caller).",

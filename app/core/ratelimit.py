@@ -17,6 +17,14 @@
   unlimited and counted in ``rate_limit_storage_skipped_total``), then lets **one** request probe it
   again; the others keep skipping until that probe answers. So a Redis that accepts connections but
   never replies costs one timeout per cooldown per process, not one per request.
+* Offenders: a per-client label on ``rate_limit_hits_total`` would be unbounded cardinality, so "one
+  client keeps hitting a limit" is detected here instead. Each refusal (429) counts against its key (the
+  limit's name and identifiers) in a window of ``RATE_LIMIT_OFFENDER_WINDOW_SECONDS`` that starts at the
+  key's first refusal: in Redis when the refusal came from Redis (every process adds to one count; one
+  atomic ``INCR``, so exactly one refusal sees the threshold however many race), else in this process'
+  memory (bounded). The refusal that reaches ``RATE_LIMIT_OFFENDER_THRESHOLD`` increments
+  ``rate_limit_offenders_total{limit}`` and logs one "rate limit offender" warning naming the key —
+  once per key and window. Allowed requests pay nothing for it.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import ipaddress
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +49,12 @@ from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterR
 
 from app.core.errors import TooManyRequests
 from app.core.middleware import RATELIMIT_STATE_KEY, route_template
-from app.core.observability import RATE_LIMIT_ERRORS, RATE_LIMIT_HITS, RATE_LIMIT_SKIPPED
+from app.core.observability import (
+    RATE_LIMIT_ERRORS,
+    RATE_LIMIT_HITS,
+    RATE_LIMIT_OFFENDERS,
+    RATE_LIMIT_SKIPPED,
+)
 from app.core.redisconn import SOCKET_TIMEOUT_SECONDS, RedisGuard
 
 log = logging.getLogger("tradedesk.ratelimit")
@@ -52,6 +66,7 @@ class Decision:
     limit: int
     remaining: int
     reset_at: float  # epoch seconds
+    shared: bool = False  # decided by the shared storage (Redis), not by this process' memory
 
     @property
     def retry_after(self) -> int:
@@ -107,6 +122,7 @@ def window_decision(
     previous_ttl: float,
     current_count: int,
     current_ttl: float,
+    shared: bool = False,
 ) -> Decision:
     """limits' SlidingWindowCounterRateLimiter.get_window_stats arithmetic (TTLs in seconds)."""
     expiry = item.get_expiry()
@@ -114,10 +130,50 @@ def window_decision(
     remaining = max(0, item.amount - math.floor(weighted))
     now = time.time()
     if not (previous_count or current_count):
-        return Decision(allowed, item.amount, remaining, now)
+        return Decision(allowed, item.amount, remaining, now, shared)
     previous_reset_in = previous_ttl % (expiry / previous_count) if previous_count else math.inf
     current_reset_in = current_ttl % expiry if current_count else math.inf
-    return Decision(allowed, item.amount, remaining, now + min(previous_reset_in, current_reset_in))
+    return Decision(allowed, item.amount, remaining, now + min(previous_reset_in, current_reset_in), shared)
+
+
+# One refusal of one key: its count in the window that its first refusal started (the key expires with
+# the window). Atomic, so among refusals racing across the threshold exactly one sees it.
+_COUNT_REFUSAL = """
+local count = redis.call('incr', KEYS[1])
+if redis.call('pttl', KEYS[1]) < 0 then redis.call('pexpire', KEYS[1], ARGV[1]) end
+return count
+"""
+
+#: Every limit name the app enforces: their offender series exist (at 0) from startup, so an alert on
+#: ``increase(rate_limit_offenders_total[...])`` sees the first offender too (a series born at 1 has no
+#: increase). A test checks that every name passed to ``enforce``/``RateLimit`` is listed.
+KNOWN_LIMITS = ("default", "signup-ip", "login-ip", "login-email", "orders", "alerts", "tools", "backtests")
+for _limit in KNOWN_LIMITS:
+    RATE_LIMIT_OFFENDERS.labels(_limit)
+
+OFFENDER_THRESHOLD = 20
+OFFENDER_WINDOW_SECONDS = 300.0
+OFFENDER_MEMORY_KEYS = 10_000  # per process, without Redis: the oldest windows are forgotten first
+
+
+class OffenderCounts:
+    """Refusals per key in this process' memory (no Redis, or Redis failing): a window per key from its
+    first refusal, at most ``capacity`` keys (a client rotating keys cannot grow it without bound)."""
+
+    def __init__(self, *, capacity: int = OFFENDER_MEMORY_KEYS) -> None:
+        self.capacity = capacity
+        self._windows: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key -> (window end, count)
+
+    def count(self, key: str, window: float) -> int:
+        now = time.monotonic()
+        ends, count = self._windows.get(key, (0.0, 0))
+        if ends <= now:
+            self._windows.pop(key, None)
+            while len(self._windows) >= self.capacity:
+                self._windows.popitem(last=False)  # the oldest window
+            ends, count = now + window, 0
+        self._windows[key] = (ends, count + 1)
+        return count + 1
 
 
 STORAGE_TIMEOUT_SECONDS = SOCKET_TIMEOUT_SECONDS  # connect, pool wait or answer, on the shared client
@@ -133,10 +189,17 @@ class RateLimiter:
         *,
         key_prefix: str = "tradedesk-rl",
         cooldown: float = STORAGE_COOLDOWN_SECONDS,
+        offender_threshold: int = OFFENDER_THRESHOLD,
+        offender_window: float = OFFENDER_WINDOW_SECONDS,
     ) -> None:
         self.guard = RedisGuard("ratelimit", cooldown=cooldown, fallback="no shared limits (failing open)")
         self.storage: RedisStorage | MemoryStorage
         self._script: Any = None
+        self._count_refusal: Any = None
+        self.offender_threshold = offender_threshold
+        self.offender_window = offender_window
+        self._offender_prefix = f"{key_prefix}:offender:"
+        self._offenders_local = OffenderCounts()
         if redis is not None:
             # limits' Redis storage on the app's own connection pool: its key scheme and strategy are
             # used as they are (tests read windows through it); the hot path is our one-script hit.
@@ -150,6 +213,7 @@ class RateLimiter:
             )
             self.backend = "redis"
             self._script = redis.register_script(_ACQUIRE_AND_REPORT)
+            self._count_refusal = redis.register_script(_COUNT_REFUSAL)
         else:
             self.storage = MemoryStorage()
             self.backend = "memory"
@@ -189,6 +253,7 @@ class RateLimiter:
             max(0.0, float(prev_ttl)) / 1000,
             int(cur_count),
             max(0.0, float(cur_ttl)) / 1000,
+            shared=True,
         )
 
     async def hit(
@@ -235,6 +300,42 @@ class RateLimiter:
         reset_at, _ = await self._exact_local.get_window_stats(item, name, *identifiers)
         return max(0.005, float(reset_at) - time.time())
 
+    async def refusals(self, name: str, identifiers: tuple[str, ...], *, shared: bool) -> int:
+        """Count one refusal of the key; its refusals so far in the current window. In Redis when the
+        refusal came from Redis (falls back to this process' memory if Redis fails meanwhile)."""
+        key = "/".join(identifiers)
+        if shared and self._count_refusal is not None:
+            try:
+                # Bounded by the shared client's timeouts, like every limiter call.
+                count = await self._count_refusal(
+                    keys=[f"{self._offender_prefix}{name}:{key}"],
+                    args=[math.ceil(self.offender_window * 1000)],
+                )
+                return int(count)
+            except Exception as exc:  # the refusal stands; its count stays in this process
+                log.debug("offender count fell back to memory", extra={"error": type(exc).__name__})
+        return self._offenders_local.count(f"{name}:{key}", self.offender_window)
+
+    async def _note_refusal(
+        self, request: Request, decision: Decision, name: str, identifiers: tuple[str, ...], route: str
+    ) -> None:
+        count = await self.refusals(name, identifiers, shared=decision.shared)
+        if count != self.offender_threshold:  # exactly one refusal per key and window reaches it
+            return
+        RATE_LIMIT_OFFENDERS.labels(name).inc()
+        # The key is an IP, an IPv6 /64, a user id or an HMAC pseudonym of an email: never a raw email.
+        log.warning(
+            "rate limit offender",
+            extra={
+                "limit": name,
+                "key": "/".join(identifiers),
+                "refusals": count,
+                "window_seconds": self.offender_window,
+                "route": route,
+                "client_ip": client_ip(request),
+            },
+        )
+
     async def enforce(
         self,
         request: Request,
@@ -251,6 +352,7 @@ class RateLimiter:
             route = route_template(request.scope)
             RATE_LIMIT_HITS.labels(route).inc()
             log.info("rate limit exceeded", extra={"limit": name, "route": route})
+            await self._note_refusal(request, decision, name, identifiers, route)
             raise TooManyRequests(
                 f"Rate limit '{limit}' exceeded for {name}; retry in {decision.retry_after} s.",
                 headers={
