@@ -28,7 +28,7 @@ from app.quant._csvbars import (
     _parse_slow,
     read_header,
 )
-from app.quant.backtest import _Strategy
+from app.quant.backtest import _Strategy, check_params
 
 ARROW_TYPES = {"timestamp": pa.timestamp("ns", tz="UTC"), **{c: pa.float64() for c in COLUMNS[1:]}}
 # pyarrow's block: ~3,700 rows of the benchmark's file.  Tried on its 4 M rows: 256 KiB 103 MB
@@ -121,8 +121,9 @@ def run_backtest_arrow(
     chunk_rows: int = 100000,
 ) -> dict[str, Any]:
     """``run_backtest``'s result (and its line-numbered CsvValidationError) through pyarrow."""
-    if not (isinstance(fast, int) and isinstance(slow, int) and 1 <= fast < slow):
-        raise ValueError(f"need integers 1 <= fast < slow, got fast={fast!r}, slow={slow!r}")
+    fast, slow, commission, initial_cash, chunk_rows = check_params(
+        fast, slow, commission, initial_cash, chunk_rows
+    )
     with open(csv_path, "rb") as f:
         read_header(f)  # the strict header rule, with its line-1 message
     strategy = _Strategy(fast, slow, commission, initial_cash)

@@ -225,6 +225,28 @@ def _real_param(name: str, value: Any) -> float:
     return v
 
 
+def check_params(
+    fast: Any, slow: Any, commission: Any, initial_cash: Any, chunk_rows: Any
+) -> tuple[int, int, float, float, int]:
+    """``run_backtest``'s parameters, validated and normalised; ValueError naming the bad one."""
+    fast = _int_param("fast", fast)
+    slow = _int_param("slow", slow)
+    chunk_rows = _int_param("chunk_rows", chunk_rows)
+    commission = _real_param("commission", commission)
+    initial_cash = _real_param("initial_cash", initial_cash)
+    if fast < 1:
+        raise ValueError(f"fast must be >= 1, got {fast}")
+    if slow <= fast:
+        raise ValueError(f"slow must be greater than fast, got fast={fast}, slow={slow}")
+    if not 0.0 <= commission < 1.0:
+        raise ValueError(f"commission must satisfy 0 <= commission < 1, got {commission!r}")
+    if not initial_cash > 0.0:
+        raise ValueError(f"initial_cash must be > 0, got {initial_cash!r}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    return fast, slow, commission, initial_cash, chunk_rows
+
+
 def run_backtest(
     csv_path: str | os.PathLike[str],
     fast: int = 20,
@@ -248,21 +270,9 @@ def run_backtest(
     ``ValueError`` with the line number) for a malformed file; ``OSError`` if it cannot be read.
     The result holds plain Python floats and ints (JSON-serialisable).
     """
-    fast = _int_param("fast", fast)
-    slow = _int_param("slow", slow)
-    chunk_rows = _int_param("chunk_rows", chunk_rows)
-    commission = _real_param("commission", commission)
-    initial_cash = _real_param("initial_cash", initial_cash)
-    if fast < 1:
-        raise ValueError(f"fast must be >= 1, got {fast}")
-    if slow <= fast:
-        raise ValueError(f"slow must be greater than fast, got fast={fast}, slow={slow}")
-    if not 0.0 <= commission < 1.0:
-        raise ValueError(f"commission must satisfy 0 <= commission < 1, got {commission!r}")
-    if not initial_cash > 0.0:
-        raise ValueError(f"initial_cash must be > 0, got {initial_cash!r}")
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    fast, slow, commission, initial_cash, chunk_rows = check_params(
+        fast, slow, commission, initial_cash, chunk_rows
+    )
     if progress is not None and not callable(progress):
         raise ValueError("progress must be callable or None")
 
