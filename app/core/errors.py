@@ -211,16 +211,17 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
     )
 
 
+def _db_retry_later(request: Request, slug: str, detail: str) -> JSONResponse:
+    """The database could not serve this request now; a retry in a second may succeed."""
+    return problem_response(
+        503, detail=detail, slug=slug, instance=request.url.path, headers={"Retry-After": "1"}
+    )
+
+
 async def _pool_timeout_handler(request: Request, exc: sqlalchemy.exc.TimeoutError) -> JSONResponse:
     DB_POOL_TIMEOUTS.inc()
     log.warning("database pool exhausted", extra={"path": request.url.path})
-    return problem_response(
-        503,
-        detail="The database is busy; retry shortly.",
-        slug="db-busy",
-        instance=request.url.path,
-        headers={"Retry-After": "1"},
-    )
+    return _db_retry_later(request, "db-busy", "The database is busy; retry shortly.")
 
 
 QUERY_CANCELED = "57014"  # statement_timeout (or an operator's pg_cancel_backend)
@@ -239,24 +240,16 @@ async def _dbapi_error_handler(request: Request, exc: sqlalchemy.exc.DBAPIError)
         log.warning(
             "database statement cancelled", extra={"path": request.url.path, "sqlstate": QUERY_CANCELED}
         )
-        return problem_response(
-            503,
-            detail="A database statement ran past the server's time limit and was cancelled; retry shortly.",
-            slug="db-timeout",
-            instance=request.url.path,
-            headers={"Retry-After": "1"},
+        return _db_retry_later(
+            request,
+            "db-timeout",
+            "A database statement ran past the server's time limit and was cancelled; retry shortly.",
         )
     if exc.connection_invalidated:
         # The connection died under the request (database restart, failover, network cut). The pool
         # has been invalidated, so a retry gets a fresh connection.
         log_exception(log, "database connection lost", exc, path=request.url.path)
-        return problem_response(
-            503,
-            detail="The database connection was lost; retry shortly.",
-            slug="db-unavailable",
-            instance=request.url.path,
-            headers={"Retry-After": "1"},
-        )
+        return _db_retry_later(request, "db-unavailable", "The database connection was lost; retry shortly.")
     log_exception(log, "unhandled exception", exc)
     return unhandled_problem()
 
