@@ -27,6 +27,7 @@ from app.core.config import Settings, load_settings_or_exit
 from app.core.crypto import TokenCipher
 from app.core.db import Database, create_engine
 from app.core.errors import install_error_handlers
+from app.core.errortracking import init_error_tracking
 from app.core.http import Outbound
 from app.core.idempotency import install_idempotency
 from app.core.middleware import (
@@ -79,6 +80,12 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     stay for the rest of the run."""
     settings = settings or load_settings_or_exit()
     configure_logging(settings.log_level)
+    init_error_tracking(  # SENTRY_DSN unset: nothing is initialised (app/core/errortracking.py)
+        settings.sentry_dsn.get_secret_value() if settings.sentry_dsn else None,
+        environment=settings.app_env,
+        release=__version__,
+        traces_sample_rate=settings.sentry_traces_sample_rate,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

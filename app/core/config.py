@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     blocked_networks: str = ""
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=86400)
 
+    # Optional error tracking (app/core/errortracking.py): unset, nothing is initialised.
+    sentry_dsn: SecretStr | None = None
+    sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
+
     # --- validators ---------------------------------------------------------------
     @field_validator("database_url")
     @classmethod
@@ -221,6 +225,17 @@ class Settings(BaseSettings):
         raw = value.get_secret_value().strip()
         if urlsplit(raw).scheme not in ("redis", "rediss"):
             raise ValueError("must be a redis:// or rediss:// URL")
+        return SecretStr(raw)
+
+    @field_validator("sentry_dsn")
+    @classmethod
+    def _check_sentry_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        raw = value.get_secret_value().strip()
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.username or not parts.path.strip("/"):
+            raise ValueError("must be a Sentry DSN: https://<public key>@<host>/<project id>")
         return SecretStr(raw)
 
     @field_validator(

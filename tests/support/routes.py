@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, FastAPI
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
@@ -57,3 +57,12 @@ async def write(session: SessionDep) -> dict[str, str]:
 @router.get("/db-error")
 async def db_error(session: SessionDep, value: str) -> None:
     await session.execute(text("SELECT CAST(:v AS integer)"), {"v": value})
+
+
+def app_with_test_routes() -> FastAPI:
+    """``app.main``'s app with these routes, for a real server process (``Servers.start(factory=…)``)."""
+    from app.main import create_app
+
+    app = create_app()
+    app.include_router(router)
+    return app

@@ -47,13 +47,16 @@ def server_env(**values: str) -> dict[str, str]:
     return env
 
 
-def spawn_uvicorn(port: int, env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """One single-worker uvicorn process serving ``app.main:app``, its stdout and stderr in ``log_path``."""
+def spawn_uvicorn(
+    port: int, env: dict[str, str], cwd: Path, log_path: Path, *, factory: str | None = None
+) -> subprocess.Popen[bytes]:
+    """One single-worker uvicorn process serving ``app.main:app`` (or the app ``factory``, a
+    ``module:function`` path, returns), its stdout and stderr in ``log_path``."""
     cmd = [
         sys.executable,
         "-m",
         "uvicorn",
-        "app.main:app",
+        *(["--factory", factory] if factory else ["app.main:app"]),
         "--host",
         "127.0.0.1",
         "--port",
@@ -135,12 +138,13 @@ class Servers:
         self.describe = describe
         self.started: list[Server] = []
 
-    async def start(self, **env: str) -> Server:
-        """A new server (``env`` added to the group's) once it answers /healthz."""
+    async def start(self, *, factory: str | None = None, **env: str) -> Server:
+        """A new server (``env`` added to the group's) once it answers /healthz; ``factory`` as for
+        ``spawn_uvicorn``."""
         port = free_port()
         name = f"server-{len(self.started) + 1}"
         log_path = self.workdir / f"{name}.log"
-        proc = spawn_uvicorn(port, {**self.env, **env}, self.workdir, log_path)
+        proc = spawn_uvicorn(port, {**self.env, **env}, self.workdir, log_path, factory=factory)
         base = f"http://127.0.0.1:{port}"
         server = Server(name, proc, base, log_path, httpx.AsyncClient(base_url=base, timeout=60))
         self.started.append(server)
