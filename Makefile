@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 AUDIT_ARGS ?=
 
-.PHONY: help install run test bench lint fmt audit migrate clean
+.PHONY: help install run test bench loadtest lint fmt audit migrate clean
 
 help:
 	@echo "make run    - bootstrap (venv, deps, .env, database, migrations) and serve on http://127.0.0.1:8000"
 	@echo "make test   - bootstrap and run the test suite against a real PostgreSQL (and Redis if REDIS_URL)"
 	@echo "make bench  - run the benchmarks and print the figures recorded in docs/performance.md"
+	@echo "make loadtest - the mixed workload at 1,000 req/s for 60 s on python -m app (2 workers), then its knee"
 	@echo "make lint   - ruff check, ruff format --check, mypy (strict on app/core and app/quant)"
 	@echo "make fmt    - ruff format and the safe ruff fixes"
 	@echo "make audit  - bandit over app/ and pip-audit over the installed environment (see docs/security.md)"
@@ -34,6 +35,10 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run.py $(BENCH)
+
+LOADTEST_ARGS ?=
+loadtest: install
+	$(BIN)/python bench/loadtest.py $(LOADTEST_ARGS)
 
 LINT_PATHS := app tests scripts bench migrations
 

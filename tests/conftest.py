@@ -131,7 +131,9 @@ async def make_client(database_url: str, redis_url: str | None) -> AsyncIterator
                 app.include_router(router)
             if app_hook:
                 app_hook(app)
-            manager = await stack.enter_async_context(LifespanManager(app, startup_timeout=30))
+            manager = await stack.enter_async_context(
+                LifespanManager(app, startup_timeout=30, shutdown_timeout=30)
+            )
             transport = httpx.ASGITransport(app=manager.app, client=(client_ip, 51234))
             client = await stack.enter_async_context(
                 httpx.AsyncClient(transport=transport, base_url="https://testserver", timeout=30)
