@@ -346,7 +346,7 @@ class RateLimiter:
     ) -> Decision:
         """Consume one unit; raise 429 problem+json when the limit is exhausted. ``local_fallback``: keep
         enforcing per process if the shared storage fails (for limits that guard security, e.g. login)."""
-        item = parse(limit) if isinstance(limit, str) else limit
+        item = _parse_limit(limit) if isinstance(limit, str) else limit
         decision = await self.hit(item, name, *identifiers, local_fallback=local_fallback)
         if not decision.allowed:
             route = route_template(request.scope)
@@ -363,6 +363,12 @@ class RateLimiter:
             )
         _remember(request, decision)
         return decision
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_limit(limit: str) -> RateLimitItem:
+    # A handful of limit strings (one per setting), parsed on every request otherwise (a regex each time).
+    return parse(limit)
 
 
 def _unlimited(item: RateLimitItem) -> Decision:
