@@ -88,7 +88,6 @@ _COMMON: dict[int, tuple[str, dict[str, Any]]] = {
     403: ("The client's address is in BLOCKED_NETWORKS.", {}),
     404: ("No such resource (also: another user's).", {}),
     413: ("The body exceeds MAX_BODY_BYTES (or this route's own cap).", {}),
-    415: ("The body's Content-Type is not one this operation accepts.", {}),
     422: ("The request failed validation (`errors[]` names each field).", {}),
     429: ("A rate limit is exhausted.", _RETRY_AFTER),
     500: ("An unexpected failure, logged under the request id; no details are given.", {}),
