@@ -37,6 +37,7 @@ from app.core.middleware import (
     RequestContextMiddleware,
 )
 from app.core.observability import configure_logging, mark_worker_stopped, prune_dead_workers
+from app.core.openapi import install_openapi
 from app.core.ratelimit import RateLimiter
 from app.core.redisconn import close_redis, connect_redis
 from app.core.security import PasswordHashing
@@ -219,6 +220,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     app.include_router(docs_router)
     app.include_router(api_router)
     app.include_router(mcp_router)  # POST /mcp
+    install_openapi(app)  # the document describes the shared error answers too (app/core/openapi.py)
 
     # add_middleware wraps: the last one added is the outermost.
     app.add_middleware(HeadAsGetMiddleware)

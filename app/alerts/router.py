@@ -53,7 +53,9 @@ async def post_alert(
     return await service.enqueue(database=database, user_id=user.id, content=body.content)
 
 
-@router.get("/alerts/{alert_id}", response_model=AlertOut, summary="One of the caller's alerts")
+# {alert_id:uuid}: only a UUID matches, so /v1/alerts/discord is never read as an alert id (an OPTIONS
+# or GET there is a 405 naming POST, the one method it has, not a 422 for a malformed id).
+@router.get("/alerts/{alert_id:uuid}", response_model=AlertOut, summary="One of the caller's alerts")
 async def get_alert(
     alert_id: Annotated[uuid.UUID, Path()], user: CurrentUser, session: SessionDep
 ) -> AlertOut:

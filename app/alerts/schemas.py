@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app.core.sanitize import plain_text
+from app.core.sanitize import NONBLANK_TEXT_PATTERN, plain_text
 
 MAX_CONTENT = 2000  # Discord's limit for a message's content
 WEBHOOK_ID_PATTERN = r"^[0-9]{1,25}$"
@@ -34,7 +34,13 @@ class AlertIn(BaseModel):
 
     content: Annotated[
         str,
-        Field(min_length=1, description="1–2000 characters of plain text; markup is stripped"),
+        Field(
+            min_length=1,
+            max_length=MAX_CONTENT,
+            description="1–2000 characters of plain text, also after markup is stripped (some text must "
+            "remain); no control or bidirectional-override characters",
+            json_schema_extra={"pattern": NONBLANK_TEXT_PATTERN},
+        ),
         AfterValidator(_content),
     ]
 

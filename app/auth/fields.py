@@ -9,13 +9,24 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
-DISPLAY_NAME_MAX_LENGTH = 100  # characters, after cleaning (column is varchar(200))
-BIO_MAX_LENGTH = 5000  # characters of sanitized HTML, as stored
+DISPLAY_NAME_MAX_LENGTH = 100  # characters, as sent and after cleaning (column is varchar(200))
+BIO_MAX_LENGTH = 5000  # characters as sent, and of sanitized HTML as stored
 PASSWORD_MIN_LENGTH = 12
 PASSWORD_MAX_LENGTH = 1024  # bounds the Argon2 input and the request; no truncation ever happens
 EMAIL_MAX_LENGTH = 320
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)
+
+
+# What the document adds to `format: email` (as `not: {pattern: ...}`): email-validator refuses the
+# special-use domains (RFC 6761: .test, .invalid, .onion, ...) whatever the other options.
+SPECIAL_USE_DOMAIN_PATTERN = (
+    "[.@](" + "|".join(_any_case(name) for name in SPECIAL_USE_DOMAIN_NAMES) + ")\\.?$"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
 
 from app.auth.fields import (
     BIO_MAX_LENGTH,
@@ -17,13 +18,17 @@ from app.auth.fields import (
     EMAIL_MAX_LENGTH,
     PASSWORD_MAX_LENGTH,
     PASSWORD_MIN_LENGTH,
+    SPECIAL_USE_DOMAIN_PATTERN,
     NormalizedEmail,
     normalize_email,
 )
-from app.core.sanitize import RAW_LENGTH_FACTOR, RAW_LENGTH_SLACK, plain_text, rich_text
+from app.core.sanitize import TEXT_PATTERN, plain_text, rich_text
 
-_DISPLAY_NAME_RAW_MAX = DISPLAY_NAME_MAX_LENGTH * RAW_LENGTH_FACTOR + RAW_LENGTH_SLACK
-_BIO_RAW_MAX = BIO_MAX_LENGTH * RAW_LENGTH_FACTOR + RAW_LENGTH_SLACK
+# The limits a client can see in the schema are the limits the server enforces: the text as sent is at
+# most the stored length (maxLength), without the characters the sanitizer refuses (pattern); the
+# cleaned value is checked again (rich text can only grow by escaping, e.g. "&" -> "&amp;").
+_TEXT_SCHEMA: JsonDict = {"pattern": TEXT_PATTERN}
+_PASSWORD_SCHEMA: JsonDict = {"pattern": "\\S"}  # not only whitespace
 
 
 def _display_name(value: str | None) -> str | None:
@@ -39,14 +44,24 @@ class _Request(BaseModel):
 
 
 class SignupRequest(_Request):
-    email: str = Field(max_length=EMAIL_MAX_LENGTH, examples=["ada@example.com"])
+    email: str = Field(
+        max_length=EMAIL_MAX_LENGTH,
+        examples=["ada@example.com"],
+        description="An email address; not at a special-use domain (.test, .invalid, .onion, ...).",
+        json_schema_extra={"format": "email", "not": {"pattern": SPECIAL_USE_DOMAIN_PATTERN}},
+    )
     password: str = Field(
         min_length=PASSWORD_MIN_LENGTH,
         max_length=PASSWORD_MAX_LENGTH,
-        description=f"{PASSWORD_MIN_LENGTH}–{PASSWORD_MAX_LENGTH} characters",
+        description=f"{PASSWORD_MIN_LENGTH}–{PASSWORD_MAX_LENGTH} characters, not only whitespace",
+        json_schema_extra=_PASSWORD_SCHEMA,
     )
     display_name: str | None = Field(
-        default=None, max_length=_DISPLAY_NAME_RAW_MAX, description="Plain text: markup is stripped."
+        default=None,
+        max_length=DISPLAY_NAME_MAX_LENGTH,
+        description=f"Plain text: markup is stripped. At most {DISPLAY_NAME_MAX_LENGTH} characters, "
+        "also after cleaning; no control or bidirectional-override characters.",
+        json_schema_extra=_TEXT_SCHEMA,
     )
 
     @field_validator("email")
@@ -79,14 +94,18 @@ class LoginRequest(_Request):
 class ProfileUpdate(_Request):
     display_name: str | None = Field(
         default=None,
-        max_length=_DISPLAY_NAME_RAW_MAX,
-        description='Plain text: markup is stripped. null or "" clears it.',
+        max_length=DISPLAY_NAME_MAX_LENGTH,
+        description=f"Plain text: markup is stripped. At most {DISPLAY_NAME_MAX_LENGTH} characters, also "
+        'after cleaning; no control or bidirectional-override characters. null or "" clears it.',
+        json_schema_extra=_TEXT_SCHEMA,
     )
     bio: str | None = Field(
         default=None,
-        max_length=_BIO_RAW_MAX,
+        max_length=BIO_MAX_LENGTH,
         description="Rich text: sanitized to p br b i em strong code ul ol li a[href] "
-        '(http/https/mailto links). null or "" clears it.',
+        f"(http/https/mailto links). At most {BIO_MAX_LENGTH} characters, also as sanitized HTML (escaping "
+        'and link attributes count); no control or bidirectional-override characters. null or "" clears it.',
+        json_schema_extra=_TEXT_SCHEMA,
     )
 
     @field_validator("display_name")

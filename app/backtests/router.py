@@ -29,6 +29,7 @@ _UPLOAD_SCHEMA: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
+                    "additionalProperties": False,  # another field is a 422 (BacktestParams forbids extras)
                     "properties": {
                         "file": {
                             "type": "string",

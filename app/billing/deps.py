@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
 from app.core.deps import SettingsDep
 from app.core.errors import BadRequest, ServiceUnavailable
 from app.core.observability import WEBHOOK_EVENTS
+from app.core.openapi import required_header
 from app.providers.stripe import InvalidSignature, StripeEvent, WebhookVerifier
 
 log = logging.getLogger("tradedesk.billing")
@@ -33,7 +34,16 @@ async def verified_stripe_event(
     request: Request,
     settings: SettingsDep,
     verifier: WebhookVerifierDep,
-    stripe_signature: Annotated[str | None, Header(include_in_schema=False)] = None,
+    # Checked by the verifier (missing or bad: the contract's 400), documented as required.
+    stripe_signature: Annotated[
+        str | None,
+        required_header(
+            alias="Stripe-Signature",
+            description="Stripe's signature of the raw body (`t=<unix time>,v1=<hex HMAC-SHA256>`), "
+            "verified with STRIPE_WEBHOOK_SECRET and a 300 s tolerance.",
+            minLength=1,
+        ),
+    ] = None,
 ) -> StripeEvent:
     """The event in the request body, if the kill switch is off and Stripe signed it."""
     if not settings.stripe_webhook_enabled:

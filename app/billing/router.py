@@ -21,8 +21,29 @@ router = APIRouter(tags=["billing"])
     response_model=WebhookAck,
     summary="Stripe webhook: verified, applied exactly once",
     responses={
-        400: {"description": "Bad, missing or stale signature"},
+        400: {"description": "Bad, missing or stale signature (also: a body that is not the signed one)"},
+        422: {"description": "An event of a known type that cannot be applied (`errors[].field`)"},
         503: {"description": "Kill switch on"},
+    },
+    # Read raw (the signature covers the exact bytes), so FastAPI does not document it by itself.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "description": "A Stripe event, exactly as Stripe sent and signed it.",
+                        "required": ["id", "type"],
+                        "properties": {
+                            "id": {"type": "string", "examples": ["evt_1"]},
+                            "type": {"type": "string", "examples": ["invoice.paid"]},
+                            "data": {"type": "object"},
+                        },
+                    }
+                }
+            },
+        }
     },
 )
 async def stripe_webhook(event: VerifiedStripeEvent, database: DatabaseDep) -> WebhookAck:

@@ -15,6 +15,7 @@ from app.brokers.schemas import AuthorizeOut, CompleteIn, ConnectionOut
 from app.core.config import Settings
 from app.core.deps import DatabaseDep, SessionDep, SettingsDep
 from app.core.errors import BadGateway, BadRequest
+from app.core.openapi import required_query
 
 router = APIRouter(tags=["broker link"])
 
@@ -84,9 +85,20 @@ async def callback(
     settings: SettingsDep,
     caller: OptionalCaller,
     binding: BindingCookie = None,
-    state: Annotated[str | None, Query(max_length=256)] = None,
-    code: Annotated[str | None, Query(max_length=2048)] = None,
-    error: Annotated[str | None, Query(max_length=256)] = None,
+    # Checked below: without a state the callback is a 400 like every other bad state (contract §4).
+    state: Annotated[
+        str | None,
+        required_query(
+            description="The state from GET /v1/oauth/alpaca/authorize.", max_length=256, minLength=1
+        ),
+    ] = None,
+    code: Annotated[
+        str | None,
+        Query(min_length=1, max_length=2048, description="The authorization code; required unless `error`."),
+    ] = None,
+    error: Annotated[
+        str | None, Query(max_length=256, description="Set by the provider when the user declined.")
+    ] = None,
 ) -> RedirectResponse:
     if not state:
         raise BadRequest(

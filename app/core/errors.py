@@ -16,8 +16,10 @@ from typing import Any
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 
 from app.core.observability import DB_POOL_TIMEOUTS, DB_STATEMENT_TIMEOUTS, UNHANDLED_ERRORS, request_id_var
 
@@ -196,11 +198,27 @@ async def _http_exception_handler(request: Request, exc: StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else None
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"No route matches {request.method} {request.url.path}."
+    headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}."
-    return problem_response(
-        exc.status_code, detail=detail, instance=request.url.path, headers=getattr(exc, "headers", None) or {}
-    )
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return problem_response(exc.status_code, detail=detail, instance=request.url.path, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path. Starlette's own ``Allow`` names only the first
+    route whose path matches, and a path (``/v1/auth/me``) may have one route per method."""
+    methods: set[str] = set()
+    scope = {**request.scope, "method": "GET"}
+    for route in iter_route_contexts(request.app.router.routes):
+        match, _ = route.matches(scope)
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods.update(route_methods)
+    if "GET" in methods:
+        methods.add("HEAD")  # every GET route answers HEAD (app.core.middleware.HeadAsGetMiddleware)
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
 
 
 async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -118,7 +118,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Self
 
-from fastapi import FastAPI, Header, Request, params
+from fastapi import FastAPI, Request, params
 from fastapi.encoders import jsonable_encoder
 from prometheus_client import Counter
 from sqlalchemy import (
@@ -148,6 +148,7 @@ from app.core.deps import DatabaseDep, SettingsDep
 from app.core.errors import BadRequest, Conflict, Unprocessable, log_exception
 from app.core.idempotency_models import COMPLETED, IN_FLIGHT, IdempotencyKey
 from app.core.middleware import route_template
+from app.core.openapi import required_header
 
 log = logging.getLogger("tradedesk.idempotency")
 
@@ -737,12 +738,15 @@ def idempotency_key(*, owner: Callable[..., Any], takeover_after: float | None) 
         database: DatabaseDep,
         settings: SettingsDep,
         owner_id: Annotated[uuid.UUID, params.Depends(owner)],
+        # Read by _validated_key (a missing or malformed key is the contract's 400, not a 422); the
+        # document shows it as required, with the same rule.
         idempotency_key: Annotated[
             str | None,
-            Header(
+            required_header(
                 alias=HEADER,
-                description="Required. 8–64 characters of [A-Za-z0-9_-], new for each new request; a retry "
+                description="8–64 characters of [A-Za-z0-9_-], new for each new request; a retry "
                 "with the same key and request gets the first answer again (Idempotent-Replayed: true).",
+                pattern=f"^{KEY_PATTERN.pattern}$",
             ),
         ] = None,
     ) -> AsyncIterator[IdempotencyRecord]:

@@ -416,6 +416,9 @@ def pseudonym(value: str, *, key: bytes) -> str:
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+RATE_LIMIT_PREFIX = "rate_limit_"
+
+
 def RateLimit(  # noqa: N802 - reads like a class at the use site: Depends(RateLimit(...))
     setting: str, *, name: str, key: Callable[[Request], str] = client_key
 ) -> Callable[[Request], Coroutine[Any, Any, None]]:
@@ -431,7 +434,7 @@ def RateLimit(  # noqa: N802 - reads like a class at the use site: Depends(RateL
         limiter: RateLimiter = state.limiter
         await limiter.enforce(request, getattr(state.settings, setting), name, key(request))
 
-    dependency.__name__ = f"rate_limit_{name}"
+    dependency.__name__ = f"{RATE_LIMIT_PREFIX}{name}"  # app/core/openapi.py documents its 429 by this
     return dependency
 
 

@@ -40,7 +40,15 @@ import unicodedata
 
 import nh3
 
-__all__ = ["RICH_TEXT_TAGS", "RICH_TEXT_URL_SCHEMES", "LINK_REL", "plain_text", "rich_text"]
+__all__ = [
+    "RICH_TEXT_TAGS",
+    "RICH_TEXT_URL_SCHEMES",
+    "LINK_REL",
+    "TEXT_PATTERN",
+    "NONBLANK_TEXT_PATTERN",
+    "plain_text",
+    "rich_text",
+]
 
 RICH_TEXT_TAGS = frozenset({"p", "br", "b", "i", "em", "strong", "code", "ul", "ol", "li", "a"})
 # "*": set() replaces Ammonia's default generic attributes (lang, title): the allowlist is exact.
@@ -72,6 +80,18 @@ DROP_CONTENT_TAGS = frozenset(
         "select",
     }
 )
+
+# JSON Schema ``pattern`` (ECMA-262 and Python ``re`` read it alike) for a text field cleaned here: none of
+# the characters _reject_forbidden_characters refuses when typed raw. Lone surrogates are not Unicode
+# text, so no pattern names them; the astral noncharacters (U+1FFFE, U+2FFFF, ...) are left out too: a
+# pattern without the "u" flag cannot name them portably. Both are still refused (422).
+_REFUSED_CLASS = (
+    "\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F"
+    "\\u202A-\\u202E\\u2066-\\u2069\\uFDD0-\\uFDEF\\uFFFE\\uFFFF"
+)
+TEXT_PATTERN = f"^[^{_REFUSED_CLASS}]*$"
+# The same, with at least one character that is not whitespace (a field that must not clean to "").
+NONBLANK_TEXT_PATTERN = f"^[^{_REFUSED_CLASS}]*[^{_REFUSED_CLASS}\\s][^{_REFUSED_CLASS}]*$"
 
 # Raw input may be longer than the stored value (markup, references), but not unboundedly so.
 RAW_LENGTH_FACTOR = 4

@@ -4,6 +4,7 @@ strings or JSON numbers (contract §3). Validation names the field of every prob
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
@@ -18,7 +19,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from app.market.schemas import normalise_symbol
+from app.market.schemas import SYMBOL_REQUEST_PATTERN, normalise_symbol
 
 MAX_INTEGER_DIGITS = 10  # no order is for ten billion shares or at a ten-billion-dollar limit
 QTY_DECIMALS = 9  # Alpaca accepts fractional quantities to 9 decimal places
@@ -26,10 +27,26 @@ PRICE_DECIMALS_BELOW_ONE = 4  # Alpaca: sub-dollar prices to 4 decimals,
 PRICE_DECIMALS = 2  # one dollar and above to 2
 
 
+# A decimal as a string: ASCII digits, an optional point and exponent (Decimal() alone also takes "NaN",
+# "Infinity" and non-ASCII digits). The document states this, the bounds and the decimal places below.
+DECIMAL_STRING = re.compile(r"^\s*\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$")
+_UPPER = Decimal(10) ** MAX_INTEGER_DIGITS
+
+
+# JSON Schema's numeric keywords apply to the number form, `pattern` to the string form.
+_DOCUMENTED_DECIMAL = {
+    "exclusiveMinimum": 0,
+    "exclusiveMaximum": float(_UPPER),
+    "pattern": DECIMAL_STRING.pattern,
+}
+
+
 def _decimal(value: Any) -> Decimal:
     """A finite decimal from a string or a JSON number (never a boolean), normalised ("10.50" → 10.5)."""
     if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise PydanticCustomError("decimal", "must be a decimal number, as a string or a JSON number")
+    if isinstance(value, str) and not DECIMAL_STRING.fullmatch(value):
+        raise PydanticCustomError("decimal", 'must be a decimal number, e.g. "10" or "101.25"')
     try:
         # A float has been parsed from JSON already: its shortest repr is the number the client wrote.
         number = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
@@ -71,17 +88,31 @@ Qty = Annotated[
     Decimal,
     BeforeValidator(_decimal),
     AfterValidator(_qty),
-    Field(description="Shares, > 0, at most 9 decimal places; a string or a number", examples=["10"]),
+    Field(
+        description="Shares, > 0 and < 10^10, at most 9 decimal places; a string or a number",
+        examples=["10"],
+        json_schema_extra=_DOCUMENTED_DECIMAL,
+    ),
 ]
 Price = Annotated[
     Decimal,
     BeforeValidator(_decimal),
     AfterValidator(_price),
-    Field(description="Limit price, > 0, cents (4 decimals below 1.00)", examples=["101.25"]),
+    Field(
+        description="Limit price, > 0 and < 10^10, cents (4 decimals below 1.00); a string or a number",
+        examples=["101.25"],
+        json_schema_extra=_DOCUMENTED_DECIMAL,
+    ),
 ]
 Symbol = Annotated[
     str,
-    Field(min_length=1, max_length=10, description="Upper-cased; ^[A-Z][A-Z0-9.]{0,9}$", examples=["AAPL"]),
+    Field(
+        min_length=1,
+        max_length=10,
+        description="Case-insensitive, upper-cased; ^[A-Z][A-Z0-9.]{0,9}$ once upper-cased",
+        examples=["AAPL"],
+        json_schema_extra={"pattern": SYMBOL_REQUEST_PATTERN},
+    ),
     AfterValidator(normalise_symbol),
 ]
 

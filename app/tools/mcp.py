@@ -214,6 +214,16 @@ def _peek(body: bytes) -> tuple[str | None, types.RequestId | None]:
     return (method if isinstance(method, str) else None), (rid if valid_id else None)
 
 
+def _is_json(content_type: str | None) -> bool:
+    """The SDK transport's own Content-Type rule for a POST (mcp.server.transport_security)."""
+    return content_type is not None and content_type.lower().startswith("application/json")
+
+
+def _invalid_request(message: str) -> JSONResponse:
+    error = {"code": types.INVALID_REQUEST, "message": message}
+    return JSONResponse({"jsonrpc": "2.0", "id": None, "error": error}, status_code=400)
+
+
 def _rate_limited(exc: TooManyRequests, request_id: types.RequestId | None) -> JSONResponse:
     """429 with the limiter's headers and a JSON-RPC error the client can show."""
     problem = problem_body(exc.status, title=exc.title, detail=exc.detail, slug=exc.slug)
@@ -274,6 +284,10 @@ class McpServer:
     ) -> Response:
         """Serve one authenticated POST: count it, apply RATE_LIMIT_TOOLS to a ``tools/call``, bind the
         caller and hand the request to the SDK transport."""
+        if not _is_json(request.headers.get("content-type")):
+            # The SDK's own answer here is a bare text 400 without a Content-Type; every other refusal of
+            # a message it sends as a JSON-RPC error, so this one is too (same status, same check).
+            return _invalid_request("Invalid Request: Content-Type must be application/json")
         body = await request.body()  # within MAX_BODY_BYTES: the body-limit middleware answers 413 past it
         method, request_id = _peek(body)
         MCP_REQUESTS.labels(method if method in COUNTED_METHODS else "other").inc()

@@ -81,27 +81,71 @@ async def execute(
     )
 
 
+_JSONRPC_ERROR: dict[str, Any] = {
+    "type": "object",
+    "title": "JSON-RPC error",
+    "required": ["jsonrpc", "id", "error"],
+    "properties": {
+        "jsonrpc": {"const": "2.0"},
+        "id": {"type": ["string", "integer", "null"]},
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "integer"}, "message": {"type": "string"}, "data": {}},
+        },
+    },
+}
+_JSONRPC_MESSAGE: dict[str, Any] = {
+    "type": "object",
+    "title": "JSON-RPC message",
+    "description": "One JSON-RPC 2.0 message: a request (with `id`) or a notification (without).",
+    "required": ["jsonrpc", "method"],
+    "properties": {
+        "jsonrpc": {"const": "2.0"},
+        "id": {
+            "description": "A string or an integer makes the message a request (answered with the same id); "
+            "without one, or with any other value, it is a notification (202, no answer)."
+        },
+        "method": {"type": "string", "examples": ["tools/list", "tools/call", "initialize", "ping"]},
+        "params": {"type": ["object", "null"]},
+    },
+}
+
+
+# /mcp speaks JSON-RPC: the SDK's answers (a result, or a JSON-RPC error for a message it refuses) are
+# application/json; the answers given before the SDK runs (token, Origin, body cap, RATE_LIMIT_DEFAULT)
+# are problem+json like every other route's.
 @mcp_router.post(
     "/mcp",
     response_class=Response,
     responses={
-        200: {"description": "The JSON-RPC response (tool failures are results with `isError: true`)."},
+        200: {
+            "description": "The JSON-RPC response: a result, or a JSON-RPC error (unknown method, bad "
+            "params); tool failures are results with `isError: true`.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        202: {"description": "A notification (no `id`) was accepted; no body."},
+        400: {
+            "description": "Not a JSON-RPC message the server accepts (not JSON, not an object, invalid "
+            "fields, or a Content-Type other than application/json): a JSON-RPC error.",
+            "content": {"application/json": {"schema": _JSONRPC_ERROR}},
+        },
         401: {"description": "No valid bearer token (`WWW-Authenticate: Bearer`).", **_PROBLEM},
         403: {"description": "An `Origin` other than FRONTEND_URL's.", **_PROBLEM},
+        406: {
+            "description": "An `Accept` header without application/json: a JSON-RPC error.",
+            "content": {"application/json": {"schema": _JSONRPC_ERROR}},
+        },
         413: {"description": "The body exceeds MAX_BODY_BYTES.", **_PROBLEM},
         429: {
             "description": "RATE_LIMIT_DEFAULT (problem+json), or RATE_LIMIT_TOOLS on a `tools/call` "
-            "(a JSON-RPC error, code -32010); `Retry-After` either way."
+            "(a JSON-RPC error, code -32010); `Retry-After` either way.",
+            "content": {"application/json": {"schema": _JSONRPC_ERROR}},
         },
     },
     summary="MCP: the tools over the Model Context Protocol (Streamable HTTP, stateless, JSON responses)",
     openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"type": "object", "description": "One JSON-RPC message"}}
-            },
-        }
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _JSONRPC_MESSAGE}}}
     },
 )
 async def mcp(

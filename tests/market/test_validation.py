@@ -75,8 +75,11 @@ async def test_accepted_date_forms(client) -> None:
     assert r.json()["bars"][0]["t"] == "2024-01-02T14:30:00Z"
 
 
-async def test_empty_start_and_end_mean_not_given(client) -> None:
-    r = await client.get("/v1/market-data/bars/AAPL?timeframe=1Hour&start=&end=&limit=2")
+async def test_empty_start_or_end_is_422_not_a_missing_value(client) -> None:
+    # The document says start/end are ISO 8601 instants; leaving a parameter out is how to omit it.
+    errors = errors_of(await client.get("/v1/market-data/bars/AAPL?timeframe=1Hour&start=&end=&limit=2"))
+    assert set(errors) == {"query.start", "query.end"}
+    r = await client.get("/v1/market-data/bars/AAPL?timeframe=1Hour&limit=2")
     assert r.status_code == 200 and len(r.json()["bars"]) == 2
 
 
