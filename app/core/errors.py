@@ -10,16 +10,15 @@ from __future__ import annotations
 import logging
 import math
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from app.core.observability import DB_POOL_TIMEOUTS, DB_STATEMENT_TIMEOUTS, UNHANDLED_ERRORS, request_id_var
 
@@ -205,12 +204,24 @@ async def _http_exception_handler(request: Request, exc: StarletteHTTPException)
     return problem_response(exc.status_code, detail=detail, instance=request.url.path, headers=headers)
 
 
+def flat_routes(routes: Sequence[BaseRoute]) -> Iterator[Any]:
+    """Every route of the table with its full path and its inherited dependencies. FastAPI below 0.137
+    (pinned: pyproject.toml) copies an included router's routes, so the table is already flat; from 0.137
+    on it holds included routers, expanded by ``iter_route_contexts`` (whose items answer the same
+    ``matches``/``methods``/``path_format``/``dependant`` and add ``original_route``)."""
+    try:
+        from fastapi.routing import iter_route_contexts  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return iter(routes)
+    return iter(iter_route_contexts(routes))
+
+
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path. Starlette's own ``Allow`` names only the first
     route whose path matches, and a path (``/v1/auth/me``) may have one route per method."""
     methods: set[str] = set()
     scope = {**request.scope, "method": "GET"}
-    for route in iter_route_contexts(request.app.router.routes):
+    for route in flat_routes(request.app.router.routes):
         match, _ = route.matches(scope)
         route_methods = getattr(route, "methods", None)
         if match != Match.NONE and route_methods:

@@ -32,11 +32,11 @@ from typing import Any
 
 from fastapi import FastAPI, Header, Query
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import APIRoute
 
 from app.core.db import get_session
 from app.core.deps import get_database, get_limiter
-from app.core.errors import PROBLEM_CONTENT_TYPE
+from app.core.errors import PROBLEM_CONTENT_TYPE, flat_routes
 from app.core.ratelimit import RATE_LIMIT_PREFIX
 
 PROBLEM_REF = "#/components/schemas/Problem"
@@ -126,8 +126,8 @@ def _operation_traits(app: FastAPI) -> dict[tuple[str, str], set[str]]:
     """(path, method) -> what its dependencies do: "rate-limited" (a ``RateLimit(...)`` dependency, or
     one that takes the limiter), "database" (the request session or the database)."""
     traits: dict[tuple[str, str], set[str]] = {}
-    for route in iter_route_contexts(app.routes):
-        if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
+    for route in flat_routes(app.routes):
+        if not isinstance(getattr(route, "original_route", route), APIRoute) or not route.include_in_schema:
             continue
         found: set[str] = set()
         if route.body_field is not None:
