@@ -154,6 +154,11 @@ def _pre_ping(engine: AsyncEngine) -> None:
     one idle longer (where idle timeouts, silent partitions and dropped NAT entries bite) is still
     pinged. What the skip gives up: a connection that died silently within that second is found by
     the request's own statement (the 503 above) instead of by the ping.
+
+    A failed ping of an older connection replaces it (SQLAlchemy connects again and pings the new one); a
+    failed ping of a connection just made for this checkout ends the checkout as a lost connection (503):
+    behind PgBouncer a ping waits in its queue when every server connection is busy, and a new client
+    connection would wait there just the same.
     """
 
     def checkin(dbapi_connection: Any, record: Any) -> None:
@@ -166,6 +171,14 @@ def _pre_ping(engine: AsyncEngine) -> None:
         try:
             await_(proxy.driver_connection.fetchval("SELECT 1", timeout=PING_TIMEOUT_SECONDS))
         except Exception as exc:
+            if "checked_in_at" not in record.info:
+                # A connection made for this checkout (never checked in) that does not answer: another
+                # one would not either (the server, or a pooler's queue in front of it, is not answering).
+                # Answered like a connection lost under the request (503 db-unavailable), not by
+                # SQLAlchemy's "This connection is closed" once its retries are spent.
+                raise sqlalchemy.exc.OperationalError(
+                    "SELECT 1", None, exc, connection_invalidated=True
+                ) from exc
             raise sqlalchemy.exc.DisconnectionError("pooled connection failed its pre-ping") from exc
 
     event.listen(engine.sync_engine.pool, "checkout", checkout)
