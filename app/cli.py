@@ -36,7 +36,7 @@ from app.brokers import service as brokers_service
 from app.core import idempotency
 from app.core.config import Settings, load_settings_or_exit
 from app.core.crypto import TokenCipher
-from app.core.db import Database, create_engine
+from app.core.db import Database
 from app.core.http import Outbound
 from app.core.redisconn import close_redis, connect_redis
 from app.orders import service as orders_service
@@ -134,7 +134,7 @@ COMMANDS: dict[str, Callable[[Database, Settings, argparse.Namespace], Awaitable
 
 async def _run(command: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     # Small: one connection, a few more while the reconciler looks orders up side by side.
-    database = Database(create_engine(settings, pool_size=1, max_overflow=8))
+    database = Database.for_settings(settings, pool_size=1, max_overflow=8)
     try:
         return await COMMANDS[command](database, settings, args)
     finally:

@@ -25,7 +25,7 @@ from app.api import api_router
 from app.backtests.service import BacktestRunner
 from app.core.config import Settings, load_settings_or_exit
 from app.core.crypto import TokenCipher
-from app.core.db import Database, create_engine
+from app.core.db import Database
 from app.core.errors import install_error_handlers
 from app.core.errortracking import init_error_tracking
 from app.core.http import Outbound
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         prune_dead_workers()  # several workers (PROMETHEUS_MULTIPROC_DIR): forget crashed workers' gauges
-        database = Database(create_engine(settings))
+        database = Database.for_settings(settings)
         app.state.database = database
         app.state.readiness = ReadinessProbe(
             database

@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     # and ends a session left idle inside a transaction (which would hold its locks and connection).
     db_statement_timeout_seconds: float = Field(default=30.0, ge=0.05, le=3600)
     db_idle_in_transaction_timeout_seconds: float = Field(default=60.0, ge=0.05, le=3600)
+    # Prepared statements kept per pooled connection, by asyncpg and by SQLAlchemy's asyncpg adapter (both
+    # default to 100). 0 turns both caches off and names every prepared statement uniquely: for PgBouncer
+    # in transaction mode without max_prepared_statements (docs/scaling.md).
+    db_statement_cache_size: int = Field(default=100, ge=0, le=10000)
 
     stripe_webhook_enabled: bool = True
     trusted_proxies: str = ""

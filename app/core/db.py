@@ -16,6 +16,12 @@ Pool size, overflow and checkout timeout come from settings; a checkout that tim
 ``sqlalchemy.exc.TimeoutError``, which the error handlers answer with 503 + Retry-After. Pool gauges
 are updated from pool events, so they are correct in multi-worker mode too.
 
+The prepared-statement caches (asyncpg's own and SQLAlchemy's asyncpg adapter's) hold
+``DB_STATEMENT_CACHE_SIZE`` statements per connection; with 0 both are off and every statement SQLAlchemy
+prepares gets a unique name, so that a connection pooler in transaction mode (PgBouncer without
+``max_prepared_statements``), which hands each transaction whichever server connection is free, never meets
+a statement prepared on another client's connection under the same name (docs/scaling.md).
+
 Every pooled connection also carries two server-side limits, from settings, so that a stuck unit of
 work cannot hold a connection or its locks for ever (the pool-exhaustion emergency of the failure
 analysis): ``statement_timeout`` (``DB_STATEMENT_TIMEOUT_SECONDS``: PostgreSQL cancels the statement,
@@ -29,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -85,6 +92,7 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
                     _ms(settings.db_idle_in_transaction_timeout_seconds)
                 ),
             },
+            **_statement_cache_args(settings.db_statement_cache_size),
         },
     }
     options.update(overrides)
@@ -93,6 +101,21 @@ def create_engine(settings: Settings, **overrides: Any) -> AsyncEngine:
     if not options["pool_pre_ping"]:
         _pre_ping(engine)
     return engine
+
+
+def _unique_statement_name() -> str:
+    return f"tradedesk_{uuid.uuid4().hex}"
+
+
+def _statement_cache_args(size: int) -> dict[str, Any]:
+    """asyncpg's ``statement_cache_size`` (its own statements: the pre-ping, type introspection) and the
+    adapter's ``prepared_statement_cache_size`` (every statement SQLAlchemy runs), both ``size``; with 0,
+    unique statement names (SQLAlchemy's recipe for PgBouncer: asyncpg would number them per connection,
+    ``__asyncpg_stmt_1__`` on every one)."""
+    args: dict[str, Any] = {"statement_cache_size": size, "prepared_statement_cache_size": size}
+    if size == 0:
+        args["prepared_statement_name_func"] = _unique_statement_name
+    return args
 
 
 def _instrument_pool(engine: AsyncEngine, settings: Settings) -> None:
@@ -131,6 +154,11 @@ def _pre_ping(engine: AsyncEngine) -> None:
     one idle longer (where idle timeouts, silent partitions and dropped NAT entries bite) is still
     pinged. What the skip gives up: a connection that died silently within that second is found by
     the request's own statement (the 503 above) instead of by the ping.
+
+    A failed ping of an older connection replaces it (SQLAlchemy connects again and pings the new one); a
+    failed ping of a connection just made for this checkout ends the checkout as a lost connection (503):
+    behind PgBouncer a ping waits in its queue when every server connection is busy, and a new client
+    connection would wait there just the same.
     """
 
     def checkin(dbapi_connection: Any, record: Any) -> None:
@@ -143,6 +171,14 @@ def _pre_ping(engine: AsyncEngine) -> None:
         try:
             await_(proxy.driver_connection.fetchval("SELECT 1", timeout=PING_TIMEOUT_SECONDS))
         except Exception as exc:
+            if "checked_in_at" not in record.info:
+                # A connection made for this checkout (never checked in) that does not answer: another
+                # one would not either (the server, or a pooler's queue in front of it, is not answering).
+                # Answered like a connection lost under the request (503 db-unavailable), not by
+                # SQLAlchemy's "This connection is closed" once its retries are spent.
+                raise sqlalchemy.exc.OperationalError(
+                    "SELECT 1", None, exc, connection_invalidated=True
+                ) from exc
             raise sqlalchemy.exc.DisconnectionError("pooled connection failed its pre-ping") from exc
 
     event.listen(engine.sync_engine.pool, "checkout", checkout)
@@ -155,13 +191,34 @@ def rowcount(result: Result[Any]) -> int:
 
 
 class Database:
-    """The process's engine and its session factories; built once in the lifespan (or by a CLI command)."""
+    """The process's engine and its session factories; built once in the lifespan (or by a CLI command).
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    ``autocommit=False`` runs ``single_statement`` units inside BEGIN/COMMIT as well. That is for a pooler in
+    transaction mode that does not track prepared statements (``DB_STATEMENT_CACHE_SIZE=0``): outside a
+    transaction, the SQLAlchemy adapter's prepare of a statement and its execution are two exchanges, and
+    such a pooler may send them to two different server connections ("prepared statement … does not
+    exist"); inside one, the pooler keeps the client on one server connection until COMMIT."""
+
+    def __init__(self, engine: AsyncEngine, *, autocommit: bool = True) -> None:
         self.engine = engine
+        self.autocommit = autocommit
         self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-        self._autocommit = async_sessionmaker(
-            engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False, autoflush=False
+        self._autocommit = (
+            async_sessionmaker(
+                engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+                autoflush=False,
+            )
+            if autocommit
+            else self._sessions
+        )
+
+    @classmethod
+    def for_settings(cls, settings: Settings, **engine_overrides: Any) -> Database:
+        """The engine from ``settings`` (``create_engine``), with single statements autocommitted unless the
+        statement caches are off (``DB_STATEMENT_CACHE_SIZE=0``: behind a transaction-mode pooler)."""
+        return cls(
+            create_engine(settings, **engine_overrides), autocommit=settings.db_statement_cache_size > 0
         )
 
     def request_session(self) -> AsyncSession:
@@ -174,7 +231,7 @@ class Database:
 
         Commits when the block exits without error, rolls back (and re-raises) otherwise. With
         ``single_statement`` the block must run exactly one statement, committed by PostgreSQL as it
-        runs (autocommit): atomic on its own, one round trip.
+        runs (autocommit): atomic on its own, one round trip (in BEGIN/COMMIT when ``autocommit`` is off).
         """
         factory = self._autocommit if single_statement else self._sessions
         async with factory() as session, session.begin():

@@ -254,6 +254,9 @@ async def _pool_timeout_handler(request: Request, exc: sqlalchemy.exc.TimeoutErr
 
 
 QUERY_CANCELED = "57014"  # statement_timeout (or an operator's pg_cancel_backend)
+CONNECTION_EXCEPTION = (
+    "08"  # SQLSTATE class 08: the connection failed or was ended (08003, 08006, 08P01, ...)
+)
 
 
 def sqlstate_of(exc: sqlalchemy.exc.DBAPIError) -> str | None:
@@ -274,9 +277,11 @@ async def _dbapi_error_handler(request: Request, exc: sqlalchemy.exc.DBAPIError)
             "db-timeout",
             "A database statement ran past the server's time limit and was cancelled; retry shortly.",
         )
-    if exc.connection_invalidated:
-        # The connection died under the request (database restart, failover, network cut). The pool
-        # has been invalidated, so a retry gets a fresh connection.
+    if exc.connection_invalidated or (sqlstate_of(exc) or "").startswith(CONNECTION_EXCEPTION):
+        # The connection died under the request (database restart, failover, network cut), or the server
+        # side ended it with a connection-class error before the driver saw it close (PgBouncer past its
+        # query_wait_timeout). The pool has been invalidated, or the pre-ping of the next checkout finds
+        # the connection closed and replaces it, so a retry gets a fresh connection.
         log_exception(log, "database connection lost", exc, path=request.url.path)
         return _db_retry_later(request, "db-unavailable", "The database connection was lost; retry shortly.")
     log_exception(log, "unhandled exception", exc)

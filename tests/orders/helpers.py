@@ -1,5 +1,6 @@
 """Helpers for the orders tests: a user with a token, order bodies, fresh keys, direct table reads and
-writes (a linked Alpaca account, an order made due for the reconciler)."""
+writes (a linked Alpaca account, an order made due for the reconciler), and the checks the process tests
+share (a trader linked to the fake broker, the idempotency rows, the "in flight" 409)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import httpx
 
 from app.core.crypto import TokenCipher
 from tests.auth.helpers import bearer, fetch, signup_and_token
+from tests.orders.alpaca_fake import FakeAlpacaTrading
+from tests.support.problems import assert_problem
 from tests.support.settings import TEST_FERNET_KEY
+
+IN_FLIGHT_TYPE = "/idempotency-in-flight"
 
 _keys = itertools.count(1)
 
@@ -89,3 +94,29 @@ async def make_due(database_url: str, order_id: str, *, past_grace: bool = False
         f"UPDATE orders SET next_reconcile_at = now(), created_at = {age} WHERE id = $1",
         uuid.UUID(order_id),
     )
+
+
+async def linked_trader(
+    client: httpx.AsyncClient, database_url: str, alpaca: FakeAlpacaTrading
+) -> tuple[uuid.UUID, dict[str, str]]:
+    """A user signed up and logged in over HTTP, with an Alpaca account linked (an encrypted token row)
+    whose token the fake broker accepts; the user's id and Authorization header."""
+    user, token = await signup_and_token(client)
+    broker_token = f"tok-{uuid.uuid4().hex}"
+    await link_alpaca(database_url, user["id"], broker_token)
+    alpaca.tokens.add(broker_token)
+    return uuid.UUID(user["id"]), bearer(token)
+
+
+async def idempotency_rows(database_url: str, user_id: uuid.UUID) -> list[Any]:
+    return await fetch(
+        database_url, "SELECT key, state, response_status FROM idempotency_keys WHERE user_id = $1", user_id
+    )
+
+
+def assert_in_flight_conflict(r: httpx.Response) -> None:
+    """The 409 of a key whose first request is still running: problem+json, Retry-After, not a replay."""
+    body = assert_problem(r, 409)
+    assert body["type"].endswith(IN_FLIGHT_TYPE), body
+    assert int(r.headers["retry-after"]) >= 1, r.headers
+    assert "idempotent-replayed" not in r.headers

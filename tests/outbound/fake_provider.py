@@ -105,6 +105,12 @@ class FakeProvider:
         self._rules.insert(0, (re.compile(pattern), list(behaviours)))
         return self
 
+    def reset(self) -> FakeProvider:
+        """Forget every rule and every recorded request: a fake shared by several tests starts afresh."""
+        self._rules.clear()
+        self.requests.clear()
+        return self
+
     def count(self, pattern: str = ".*") -> int:
         regex = re.compile(pattern)
         return sum(1 for r in self.requests if regex.fullmatch(r.path))

@@ -96,6 +96,7 @@ async def eventually(probe: Callable[[], T | Awaitable[T]], *, within: float, wh
 
 
 READY_SECONDS = 20.0
+KEEPALIVE_SECONDS = 2.0  # < uvicorn's --timeout-keep-alive (5 s)
 STOP_SECONDS = 5.0
 
 
@@ -146,7 +147,13 @@ class Servers:
         log_path = self.workdir / f"{name}.log"
         proc = spawn_uvicorn(port, {**self.env, **env}, self.workdir, log_path, factory=factory)
         base = f"http://127.0.0.1:{port}"
-        server = Server(name, proc, base, log_path, httpx.AsyncClient(base_url=base, timeout=60))
+        # Idle connections are dropped before uvicorn's keep-alive timeout (5 s) closes them: a request sent
+        # on a connection the server is closing at that moment fails with a ReadError (a server kept for a
+        # whole module sits idle between tests).
+        limits = httpx.Limits(keepalive_expiry=KEEPALIVE_SECONDS)
+        server = Server(
+            name, proc, base, log_path, httpx.AsyncClient(base_url=base, timeout=60, limits=limits)
+        )
         self.started.append(server)
         await self._wait_ready(server)
         return server
