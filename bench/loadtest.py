@@ -166,9 +166,30 @@ class MixResult:
         return "\n".join(rows)
 
 
+def loadtest_env(database_url: str, redis_url: str, workdir: Path) -> dict[str, str]:
+    """The stack's environment: production settings, 2 workers, budgets raised (the checks still run)."""
+    return bench_settings_env(
+        database_url,
+        redis_url,
+        APP_ENV="production",
+        FRONTEND_URL="https://app.example.com",
+        WEB_CONCURRENCY="2",
+        PROMETHEUS_MULTIPROC_DIR=str(workdir / "metrics"),
+        MARKET_DATA_PROVIDER="synthetic",
+        BROKER_PROVIDER="paper",
+        MARKET_DATA_CACHE_SECONDS="3600",  # "cached quotes": no expiry within the run
+        RATE_LIMIT_DEFAULT=HIGH,
+        RATE_LIMIT_LOGIN=HIGH,
+        RATE_LIMIT_SIGNUP=HIGH,
+        RATE_LIMIT_ORDERS=HIGH,
+        RATE_LIMIT_TOOLS=HIGH,
+    )
+
+
 @contextlib.contextmanager
-def production_stack(env: dict[str, str], workdir: Path) -> Iterator[str]:
-    """``python -m app`` with ``env`` (2 workers) on a free port; its base URL once /healthz answers."""
+def production_stack(env: dict[str, str], workdir: Path) -> Iterator[tuple[str, int]]:
+    """``python -m app`` with ``env`` (2 workers) on a free port; (base URL, its pid) once /healthz
+    answers."""
     port = free_port()
     log = (workdir / "server.log").open("wb")
     proc = subprocess.Popen(
@@ -181,7 +202,7 @@ def production_stack(env: dict[str, str], workdir: Path) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base + "/healthz")
-        yield base
+        yield base, proc.pid
     except BaseException:
         log.flush()
         sys.stderr.write((workdir / "server.log").read_bytes().decode(errors="replace")[-4000:])
@@ -306,23 +327,8 @@ def main() -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="tradedesk-loadtest-") as tmp:
         workdir = Path(tmp)
-        env = bench_settings_env(
-            bench_database_url(),
-            redis_url,
-            APP_ENV="production",
-            FRONTEND_URL="https://app.example.com",
-            WEB_CONCURRENCY="2",
-            PROMETHEUS_MULTIPROC_DIR=str(workdir / "metrics"),
-            MARKET_DATA_PROVIDER="synthetic",
-            BROKER_PROVIDER="paper",
-            MARKET_DATA_CACHE_SECONDS="3600",  # "cached quotes": no expiry within the run
-            RATE_LIMIT_DEFAULT=HIGH,
-            RATE_LIMIT_LOGIN=HIGH,
-            RATE_LIMIT_SIGNUP=HIGH,
-            RATE_LIMIT_ORDERS=HIGH,
-            RATE_LIMIT_TOOLS=HIGH,
-        )
-        with production_stack(env, workdir) as base:
+        env = loadtest_env(bench_database_url(), redis_url, workdir)
+        with production_stack(env, workdir) as (base, _):
             tokens, users = prepare(base, args.users, workdir)
             print(f"stack up at {base}: python -m app, 2 workers, {args.users} users", flush=True)
             wanted = set(filter(None, args.routes.split(",")))
