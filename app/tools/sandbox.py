@@ -550,13 +550,18 @@ def _serve(
     return _frame(("error", job_id, *failure, retiring)), retiring
 
 
+def _worker_priority(parent_pid: int, nice: int) -> int:
+    """A worker's niceness: its parent's plus ``nice``, at most 19."""
+    return min(19, os.getpriority(os.PRIO_PROCESS, parent_pid) + nice)
+
+
 def _worker_main(sock: socket.socket, config: _WorkerConfig) -> None:
     """A worker process: limits, preloads, ``ready``, then one job at a time until its pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGXCPU, signal.SIG_DFL)
     os.setpgrp()  # its own process group: a timeout kills whatever it started, too
-    if config.nice:
-        os.nice(config.nice)  # the web process wins the CPU over tool work it waits on
+    if config.nice:  # the web process wins the CPU over tool work it waits on (the parent set it already)
+        os.setpriority(os.PRIO_PROCESS, 0, _worker_priority(config.parent_pid, config.nice))
     _die_with_parent(config.parent_pid)
     _detach_from_metrics()
     _scrub_environment(dict(config.env))
@@ -967,6 +972,11 @@ class Sandbox:
             raise
         finally:
             child_sock.close()
+        if self._config.nice and process.pid is not None:
+            # At once, not only once the child runs its own code: a refill starts a whole pool, and its
+            # interpreters' start-up would otherwise compete with the event loop at the loop's priority.
+            with contextlib.suppress(OSError):  # it may have exited already; it then sets its own
+                os.setpriority(os.PRIO_PROCESS, process.pid, _worker_priority(os.getpid(), self._config.nice))
         parent_sock.setblocking(False)
         if process.pid is None:  # start() returned, so the child exists
             raise RuntimeError("the tool worker has no process id after start")
