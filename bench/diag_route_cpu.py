@@ -20,22 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_orders import _cpu_by_pid, _delta, _named, _pids, _stat  # noqa: E402
 from bench.common import bench_database_url, ensure_wrk, redis_url_if_reachable  # noqa: E402
 from bench.loadtest import LUA, MIX, loadtest_env, prepare, production_stack  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 DIAG_RATES = {"quote": 400, "me": 200, "order": 60, "greeks": 60, "login": 20}
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
 def _descendants(root: int) -> list[int]:
@@ -45,21 +34,6 @@ def _descendants(root: int) -> list[int]:
         frontier = [pid for pid, parent in parents.items() if parent in frontier]
         out += frontier
     return out
-
-
-def _named(name: str) -> list[int]:
-    found = []
-    for pid in _pids():
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
-                found.append(pid)
-        except OSError:
-            pass
-    return found
-
-
-def _cpu(pids: list[int]) -> float:
-    return sum(int(st[11]) + int(st[12]) for pid in pids if (st := _stat(pid))) / TICK
 
 
 def main() -> int:
@@ -83,7 +57,7 @@ def main() -> int:
                 stats = workdir / f"{route.name}.json"
                 server = _descendants(server_pid)
                 others = {"redis": _named("redis-server"), "postgres": _named("postgres")}
-                before = (_cpu(server), {k: _cpu(v) for k, v in others.items()})
+                before = (_cpu_by_pid(server), {k: _cpu_by_pid(v) for k, v in others.items()})
                 subprocess.run(
                     [wrk, "-t1", "-c16", f"-d{args.seconds}s", "--timeout=10s", "-s", LUA, base],
                     env={
@@ -101,8 +75,8 @@ def main() -> int:
                 )
                 data = json.loads(stats.read_text())
                 n = data["requests"]
-                server_us = 1e6 * (_cpu(server) - before[0]) / n
-                other_us = {k: 1e6 * (_cpu(v) - before[1][k]) / n for k, v in others.items()}
+                server_us = 1e6 * _delta(before[0], _cpu_by_pid(server)) / n
+                other_us = {k: 1e6 * _delta(before[1][k], _cpu_by_pid(v)) / n for k, v in others.items()}
                 rows.append((route, n, data, server_us, other_us))
     print(
         f"| route | rate/s | requests | server CPU µs/req | Redis µs/req | PostgreSQL µs/req | p50 ms | "
