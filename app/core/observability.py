@@ -142,6 +142,13 @@ SHARED_STATE_FALLBACKS = Counter(
     "Redis operations that failed and fell back to in-process state (breaker, cache).",
     ["component"],
 )
+REDIS_PIPELINE_BATCH = Histogram(
+    "redis_pipeline_batch_size",
+    "Script calls sent together in one pipelined Redis round trip (app.core.redisconn.ScriptPipeline), by "
+    "component; the count is the round trips, the sum the calls.",
+    ["component"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 MARKET_DATA_CACHE = Counter(
     "market_data_cache_total",
     "Market-data cache answers by kind (quote, bars) and result (HIT, MISS, STALE, ERROR, NOT_FOUND).",

@@ -11,7 +11,8 @@
   ``rate_limit_storage_errors_total`` counter goes up and a warning is logged (at most every 10 s).
   Availability of the trading API beats strict limiting during a cache outage; operators alert
   on that counter.
-* The limiter uses the app's one Redis client (``app.core.redisconn``): no pool of its own.
+* The limiter uses the app's one Redis client (``app.core.redisconn``): no pool of its own. A hit is one
+  script call, and the hits of one event-loop turn share one pipelined round trip (``ScriptPipeline``).
 * A storage call waits at most ``STORAGE_TIMEOUT_SECONDS`` (connect or answer). After a failure the
   limiter's ``RedisGuard`` skips the storage for ``STORAGE_COOLDOWN_SECONDS`` (requests are served
   unlimited and counted in ``rate_limit_storage_skipped_total``), then lets **one** request probe it
@@ -55,7 +56,7 @@ from app.core.observability import (
     RATE_LIMIT_OFFENDERS,
     RATE_LIMIT_SKIPPED,
 )
-from app.core.redisconn import SOCKET_TIMEOUT_SECONDS, RedisGuard
+from app.core.redisconn import SOCKET_TIMEOUT_SECONDS, RedisGuard, ScriptPipeline
 
 log = logging.getLogger("tradedesk.ratelimit")
 
@@ -194,7 +195,7 @@ class RateLimiter:
     ) -> None:
         self.guard = RedisGuard("ratelimit", cooldown=cooldown, fallback="no shared limits (failing open)")
         self.storage: RedisStorage | MemoryStorage
-        self._script: Any = None
+        self._script: ScriptPipeline | None = None
         self._count_refusal: Any = None
         self.offender_threshold = offender_threshold
         self.offender_window = offender_window
@@ -212,7 +213,8 @@ class RateLimiter:
                 connection_pool=redis.connection_pool,  # type: ignore[arg-type]
             )
             self.backend = "redis"
-            self._script = redis.register_script(_ACQUIRE_AND_REPORT)
+            # The per-request hit: the calls of one event-loop turn share one pipelined round trip.
+            self._script = ScriptPipeline(redis, _ACQUIRE_AND_REPORT, component="ratelimit")
             self._count_refusal = redis.register_script(_COUNT_REFUSAL)
         else:
             self.storage = MemoryStorage()
@@ -237,14 +239,16 @@ class RateLimiter:
     ) -> Decision:
         return await self._hit_local(item, name, *identifiers) if local_fallback else _unlimited(item)
 
-    async def _hit_redis(self, item: RateLimitItem, name: str, *identifiers: str) -> Decision:
+    async def _hit_redis(
+        self, script: ScriptPipeline, item: RateLimitItem, name: str, *identifiers: str
+    ) -> Decision:
         key = item.key_for(name, *identifiers)
         storage: Any = self.storage
         current = storage.bridge.prefixed_key(storage._current_window_key(key))
         previous = storage.bridge.prefixed_key(storage._previous_window_key(key))
         # Bounded by the shared client's timeouts (connect, pool wait, each reply: STORAGE_TIMEOUT_SECONDS).
-        acquired, prev_count, prev_ttl, cur_count, cur_ttl = await self._script(
-            keys=[previous, current], args=[item.amount, item.get_expiry(), 1]
+        acquired, prev_count, prev_ttl, cur_count, cur_ttl = await script(
+            [previous, current], [item.amount, item.get_expiry(), 1]
         )
         return window_decision(
             item,
@@ -267,8 +271,8 @@ class RateLimiter:
             RATE_LIMIT_SKIPPED.labels(name).inc()
             return await self._without_storage(item, name, *identifiers, local_fallback=local_fallback)
         try:
-            if self._script is not None:
-                decision = await self._hit_redis(item, name, *identifiers)
+            if (script := self._script) is not None:
+                decision = await self._hit_redis(script, item, name, *identifiers)
             else:
                 allowed = await self.strategy.hit(item, name, *identifiers)
                 reset_at, remaining = await self.strategy.get_window_stats(item, name, *identifiers)

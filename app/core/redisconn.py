@@ -13,14 +13,17 @@ tries Redis again while the others keep skipping until that probe answers (``suc
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
-from app.core.observability import SHARED_STATE_FALLBACKS
+from app.core.observability import REDIS_PIPELINE_BATCH, SHARED_STATE_FALLBACKS
 
 log = logging.getLogger("tradedesk.redis")
 
@@ -104,3 +107,93 @@ class RedisGuard:
                     "cooldown_s": self.cooldown,
                 },
             )
+
+
+_Call = tuple[Sequence[str], Sequence[Any], "asyncio.Future[Any]"]
+
+
+class ScriptPipeline:
+    """One Lua script called by many concurrent requests, sent as one pipelined round trip per event-loop
+    turn (auto-pipelining) instead of one round trip each.
+
+    Under load every request that a loop turn starts reaches the rate limiter in that same turn; one
+    ``EVALSHA`` round trip each (a pool checkout, a write, a wait, a read, a pool checkin) was the largest
+    cost of a cached quote, and a Redis busy answering them one by one. Here a call queues its arguments and
+    waits; the first call of a turn schedules a flush for the end of the turn (``call_soon``), which sends
+    everything queued in one pipeline (``transaction=False``: the calls are independent, and each script
+    is atomic on its own in Redis) and hands every caller its own answer or error. At most ``max_batch``
+    calls go in one pipeline; several pipelines can be in flight (each on its own pooled connection). A
+    caller alone in its turn pays one round trip as before. What a caller gets back is exactly what its
+    ``EVALSHA`` would have returned: a script error is that caller's ``ResponseError``, a lost connection
+    fails every call of that pipeline (each caller then takes its own fallback).
+
+    The script is loaded on first use and again whenever Redis answers ``NOSCRIPT`` (a restart, a
+    ``SCRIPT FLUSH``): those calls are retried once after the load. Batch sizes are observed in
+    ``redis_pipeline_batch_size{component}``.
+    """
+
+    def __init__(self, redis: aioredis.Redis, source: str, *, component: str, max_batch: int = 128) -> None:
+        self._redis = redis
+        self._source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        self.max_batch = max_batch
+        self._pending: list[_Call] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._batch_size = REDIS_PIPELINE_BATCH.labels(component)
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """The script's answer for ``keys``/``args``; raises what Redis or the connection raised."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((keys, args, future))
+        if len(self._pending) >= self.max_batch:
+            self._flush()
+        elif len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:  # already sent: the batch filled up before the end of the turn
+            return
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        self._batch_size.observe(len(batch))
+        try:
+            results = await self._execute(batch)
+            unknown = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if unknown:  # Redis restarted or flushed its scripts: load it, then retry those calls once
+                await self._redis.script_load(self._source)
+                for i, result in zip(unknown, await self._execute([batch[i] for i in unknown]), strict=True):
+                    results[i] = result
+        except BaseException as exc:  # the connection, the pool wait, a timeout, or cancellation at shutdown
+            for _, _, future in batch:
+                if not future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():  # its caller went away (cancelled) meanwhile
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args, _ in batch:
+            pipe.evalsha(self.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def aclose(self) -> None:
+        """Wait for the pipelines in flight (their callers get their answers)."""
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
