@@ -192,8 +192,3 @@ class ScriptPipeline:
         for keys, args, _ in batch:
             pipe.evalsha(self.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
-
-    async def aclose(self) -> None:
-        """Wait for the pipelines in flight (their callers get their answers)."""
-        while self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)

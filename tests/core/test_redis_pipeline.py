@@ -118,7 +118,6 @@ async def test_a_caller_that_goes_away_does_not_disturb_the_others(require_redis
         await asyncio.sleep(0)  # all three are queued
         tasks[1].cancel()
         answers = await asyncio.gather(*tasks, return_exceptions=True)
-        await script.aclose()
     finally:
         await close_redis(redis)
     assert answers[0] == b"k0:0" and answers[2] == b"k2:2"
