@@ -8,6 +8,9 @@ With ``PROMETHEUS_MULTIPROC_DIR`` set, the directory is emptied of a previous ru
 worker starts. That must happen before ``prometheus_client`` is imported in this process (with one worker
 this process serves, and its metric files are created at import), so this module imports nothing that
 imports it before ``main`` has run ``prepare_multiprocess_dir``.
+
+With several workers each gets its own ``SO_REUSEPORT`` listening socket (``app/supervisor.py``), unless
+``WEB_WORKER_SOCKETS=shared``.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from __future__ import annotations
 import glob
 import os
 import sys
+from typing import Any
 
 import uvicorn
 
 from app.core.config import load_settings_or_exit
+from app.supervisor import SlotSupervisor, reuseport_available
 
 
 def prepare_multiprocess_dir() -> str | None:
@@ -43,8 +48,7 @@ def prepare_multiprocess_dir() -> str | None:
 def main() -> None:
     settings = load_settings_or_exit()
     prepare_multiprocess_dir()
-    uvicorn.run(
-        "app.main:app",
+    options: dict[str, Any] = dict(
         host=os.environ.get("HOST", "127.0.0.1"),  # the image sets HOST=0.0.0.0
         port=int(os.environ.get("PORT", "8000")),
         workers=settings.web_concurrency,
@@ -53,6 +57,11 @@ def main() -> None:
         server_header=False,
         timeout_graceful_shutdown=20,
     )
+    if settings.web_concurrency > 1 and settings.web_worker_sockets == "reuseport" and reuseport_available():
+        # One listening socket per worker, so the kernel spreads connections (app/supervisor.py).
+        SlotSupervisor(uvicorn.Config("app.main:app", **options)).run()
+    else:
+        uvicorn.run("app.main:app", **options)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Issue 4 benchmark: cached GET /v1/market-data/quotes/AAPL through the full stack vs a bare route.
 
-Full stack = `uvicorn app.main:app`, 2 workers, REDIS_URL set (rate limits, cache and breaker state in
+Full stack = `app.main:app` under the production supervisor (bench/serve.py), 2 workers, REDIS_URL set (rate limits, cache and breaker state in
 Redis), synthetic provider; every middleware, the default per-IP rate limit and the cache read path run
 per request. The bare app answers the same path and JSON shape from a dict. wrk drives 64 connections.
-Target: full stack >= 3,000 requests/s with p99 < 50 ms; the ratio to the bare app is reported.
+Target (issue 15): full stack >= 4,000 requests/s with p99 < 25 ms; the ratio to the bare app is reported.
 """
 
 from __future__ import annotations

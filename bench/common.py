@@ -1,4 +1,4 @@
-"""Benchmark plumbing: real uvicorn servers (2 workers) on loopback, measured with wrk.
+"""Benchmark plumbing: real uvicorn servers (2 workers, one listening socket each) on loopback, measured with wrk.
 
 Used by every ``bench/bench_*.py``. Nothing here is imported by the app or the tests.
 """
@@ -73,22 +73,8 @@ def wait_ready(url: str, timeout: float = 60) -> None:
 @contextlib.contextmanager
 def serve(app_spec: str, env: dict[str, str], *, workers: int = 2, factory: bool = False) -> Iterator[str]:
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app_spec,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--no-access-log",
-        "--no-proxy-headers",
-        "--log-level",
-        "warning",
-    ]
+    # As production runs it: app/supervisor.py's one listening socket per worker (bench/serve.py).
+    cmd = [sys.executable, "-m", "bench.serve", app_spec, "--port", str(port), "--workers", str(workers)]
     if factory:
         cmd.append("--factory")
     log = tempfile.TemporaryFile()

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     app_env: Literal["development", "test", "production"] = "development"
     redis_url: SecretStr | None = None
     web_concurrency: int = Field(default=1, ge=1)
+    # `reuseport`: one listening socket per worker, connections hashed over them by the kernel
+    # (app/supervisor.py); `shared`: uvicorn's single socket. Only matters with WEB_CONCURRENCY > 1.
+    web_worker_sockets: Literal["reuseport", "shared"] = "reuseport"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     broker_provider: Literal["paper", "alpaca"] = "paper"
