@@ -109,9 +109,14 @@ def _children(pid: int) -> list[int]:
 
 def _workers(supervisor: int) -> list[int]:
     """The supervisor's worker processes (not multiprocessing's resource tracker)."""
-    return [
-        pid for pid in _children(supervisor) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+
+    def is_worker(pid: int) -> bool:
+        try:
+            return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):  # exited since it was listed (a worker replaced)
+            return False
+
+    return [pid for pid in _children(supervisor) if is_worker(pid)]
 
 
 def _connections_by_worker(supervisor: int, port: int) -> Counter[int]:
@@ -149,12 +154,10 @@ def _app(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen
     try:
         _wait_ready(proc, port, log)
         # Both workers must be serving, not only the first one up.
-        deadline = time.monotonic() + READY_SECONDS
-        while "Application startup complete" not in log.read_text() or log.read_text().count(
-            "Application startup complete"
-        ) < int(env["WEB_CONCURRENCY"]):
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.05)  # polling for startup, bounded by READY_SECONDS
+        _wait_for(
+            lambda: log.read_text().count("Application startup complete") >= int(env["WEB_CONCURRENCY"]),
+            "every worker started",
+        )
         yield proc, port
     finally:
         proc.terminate()
