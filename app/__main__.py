@@ -18,12 +18,9 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from typing import Any
-
-import uvicorn
 
 from app.core.config import load_settings_or_exit
-from app.supervisor import SlotSupervisor, reuseport_available
+from app.supervisor import serve
 
 
 def prepare_multiprocess_dir() -> str | None:
@@ -48,7 +45,9 @@ def prepare_multiprocess_dir() -> str | None:
 def main() -> None:
     settings = load_settings_or_exit()
     prepare_multiprocess_dir()
-    options: dict[str, Any] = dict(
+    serve(
+        "app.main:app",
+        worker_sockets=settings.web_worker_sockets,
         host=os.environ.get("HOST", "127.0.0.1"),  # the image sets HOST=0.0.0.0
         port=int(os.environ.get("PORT", "8000")),
         workers=settings.web_concurrency,
@@ -57,11 +56,6 @@ def main() -> None:
         server_header=False,
         timeout_graceful_shutdown=20,
     )
-    if settings.web_concurrency > 1 and settings.web_worker_sockets == "reuseport" and reuseport_available():
-        # One listening socket per worker, so the kernel spreads connections (app/supervisor.py).
-        SlotSupervisor(uvicorn.Config("app.main:app", **options)).run()
-    else:
-        uvicorn.run("app.main:app", **options)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from typing import Any
 
+import uvicorn
 from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
@@ -38,6 +40,15 @@ logger = logging.getLogger("uvicorn.error")
 def reuseport_available() -> bool:
     """Whether this platform can hash connections over several listening sockets."""
     return hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")
+
+
+def serve(app: str, *, worker_sockets: str, **options: Any) -> None:
+    """Run ``app`` with uvicorn ``options``: several workers get a socket each (``worker_sockets`` =
+    ``reuseport``, on Linux), otherwise ``uvicorn.run`` as it is."""
+    if options.get("workers", 1) > 1 and worker_sockets == "reuseport" and reuseport_available():
+        SlotSupervisor(uvicorn.Config(app, **options)).run()
+    else:
+        uvicorn.run(app, **options)
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
-import uvicorn
-
-from app.supervisor import SlotSupervisor, reuseport_available
+from app.supervisor import serve
 
 
 def main() -> None:
@@ -23,7 +20,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--factory", action="store_true")
     args = parser.parse_args()
-    options: dict[str, Any] = dict(
+    serve(
+        args.app,
+        worker_sockets=os.environ.get("WEB_WORKER_SOCKETS", "reuseport"),
         host="127.0.0.1",
         port=args.port,
         workers=args.workers,
@@ -32,11 +31,6 @@ def main() -> None:
         proxy_headers=False,
         log_level="warning",
     )
-    shared = os.environ.get("WEB_WORKER_SOCKETS", "reuseport") == "shared"
-    if args.workers > 1 and not shared and reuseport_available():
-        SlotSupervisor(uvicorn.Config(args.app, **options)).run()
-    else:
-        uvicorn.run(args.app, **options)
 
 
 if __name__ == "__main__":
