@@ -4,6 +4,7 @@ strings or JSON numbers (contract §3). Validation names the field of every prob
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
@@ -31,6 +32,7 @@ PRICE_DECIMALS = 2  # one dollar and above to 2
 # "Infinity" and non-ASCII digits). The document states this, the bounds and the decimal places below.
 DECIMAL_STRING = re.compile(r"^\s*\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$")
 _UPPER = Decimal(10) ** MAX_INTEGER_DIGITS
+_NO_UNDERFLOW = decimal.Context(Emin=decimal.MIN_EMIN, Emax=decimal.MAX_EMAX)
 
 
 # JSON Schema's numeric keywords apply to the number form, `pattern` to the string form.
@@ -60,7 +62,8 @@ def _decimal(value: Any) -> Decimal:
         raise PydanticCustomError(
             "decimal", f"must have at most {MAX_INTEGER_DIGITS} digits before the point"
         )
-    normal = number.normalize()
+    # Wide exponent range: under the default context 1e-1000030 normalises (underflows) to 0.
+    normal = number.normalize(_NO_UNDERFLOW)
     return normal.quantize(Decimal(1)) if normal == normal.to_integral_value() else normal
 
 

@@ -170,6 +170,11 @@ async def test_the_61st_order_in_a_minute_is_429(make_client, database_url) -> N
         (market(qty="1.0000000001"), "qty"),
         (market(qty="NaN"), "qty"),
         (market(qty="1e12"), "qty"),
+        (
+            market(qty="1e-1000030"),
+            "qty",
+        ),  # normalising it underflowed to 0: it reached the broker layer (500)
+        (limit("1e-1000030"), "limit_price"),
         (market(qty=True), "qty"),
         (market(qty="0.5", time_in_force="gtc"), "time_in_force"),
         (market(limit_price="10"), "limit_price"),
