@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.models import User
-from app.auth.repository import UserRepository
+from app.auth.repository import UserRepository, user_exists
 from app.core.deps import DatabaseDep, SessionDep, SettingsDep
 from app.core.errors import BadRequest, Unauthorized
 from app.core.security import InvalidToken, decode_access_token
@@ -68,9 +68,7 @@ async def get_current_user_detached(
     if credentials is None or not credentials.credentials:
         raise Unauthorized()
     user_id = decode_access_token(credentials.credentials, settings=settings)
-    async with database.own_transaction(single_statement=True) as session:
-        exists = await UserRepository(session).exists(user_id)
-    if not exists:
+    if not await user_exists(database, user_id):
         log.info("access token refused", extra={"reason": "user-not-found"})
         raise InvalidToken()
     _remember_user(request, user_id)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import User
-from app.core.db import rowcount
+from app.core.db import Database, rowcount
 
 EMAIL_UNIQUE_CONSTRAINT = "uq_users_email_normalized"
 UNIQUE_VIOLATION = "23505"
@@ -35,7 +35,7 @@ def _is_email_unique_violation(exc: sqlalchemy.exc.IntegrityError) -> bool:
     return constraint is None or constraint == EMAIL_UNIQUE_CONSTRAINT
 
 
-_EXISTS = select(User.id).where(User.id == bindparam("user_id"))
+_EXISTS = text("SELECT 1 FROM users WHERE id = :user_id")
 
 
 class UserRepository:
@@ -65,10 +65,6 @@ class UserRepository:
     async def get(self, user_id: uuid.UUID) -> User | None:
         return await self.session.get(User, user_id)
 
-    async def exists(self, user_id: uuid.UUID) -> bool:
-        """Whether the user exists: one small Core statement, no ORM identity map (hot paths)."""
-        return (await self.session.execute(_EXISTS, {"user_id": user_id})).first() is not None
-
     async def get_credentials(self, email_normalized: str) -> Credentials | None:
         row = (
             await self.session.execute(
@@ -94,3 +90,9 @@ class UserRepository:
         await self.session.flush()
         await self.session.refresh(user)
         return user
+
+
+async def user_exists(database: Database, user_id: uuid.UUID) -> bool:
+    """Whether the user exists: one plain statement on the driver path (``Database.run_single``), no session
+    (the order routes' caller check, on every order)."""
+    return bool(await database.run_single(_EXISTS, {"user_id": user_id}))

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.billing.models import BillingAccount, BillingSubscription, Payment
+from app.core.db import Database
 
 # Plain statements: compiled once, no per-call construct building on the hot path.
 _CLAIM_EVENT = text(
@@ -61,15 +62,19 @@ def _subscription_row(customer_id: str, subscription_id: str | None) -> tuple[Co
 FOREIGN_KEY_VIOLATION = "23503"
 
 
-class BillingRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+class DeliveryLedger:
+    """A delivery's whole effect when it fits in one statement (``invoice.paid``, the types we ignore), run on
+    the driver path (``Database.run_single``): the hot path of the webhook, no session around it."""
 
-    async def claim_event(self, *, event_id: str, type_: str, created: dt.datetime) -> bool:
-        """Record the event id; False if it was already recorded (or is being recorded concurrently:
-        the INSERT waits for the other transaction and then sees its row)."""
-        result = await self.session.execute(_CLAIM_EVENT, {"id": event_id, "type": type_, "created": created})
-        return result.scalar_one_or_none() is not None
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def claim(self, *, event_id: str, type_: str, created: dt.datetime) -> bool:
+        """Record the event id; False if it was already recorded (or is being recorded concurrently)."""
+        rows = await self.database.run_single(
+            _CLAIM_EVENT, {"id": event_id, "type": type_, "created": created}
+        )
+        return bool(rows)
 
     async def claim_and_pay(
         self,
@@ -84,22 +89,31 @@ class BillingRepository:
         paid_at: dt.datetime,
     ) -> tuple[bool, bool]:
         """Record the event and its payment in one atomic statement: (claimed, payment_added)."""
-        row = (
-            await self.session.execute(
-                _CLAIM_AND_PAY,
-                {
-                    "id": event_id,
-                    "type": type_,
-                    "created": created,
-                    "invoice_id": invoice_id,
-                    "customer": customer_id,
-                    "amount": amount_minor,
-                    "currency": currency,
-                    "paid_at": paid_at,
-                },
-            )
-        ).one()
-        return bool(row.claimed), bool(row.paid)
+        (row,) = await self.database.run_single(
+            _CLAIM_AND_PAY,
+            {
+                "id": event_id,
+                "type": type_,
+                "created": created,
+                "invoice_id": invoice_id,
+                "customer": customer_id,
+                "amount": amount_minor,
+                "currency": currency,
+                "paid_at": paid_at,
+            },
+        )
+        return bool(row["claimed"]), bool(row["paid"])
+
+
+class BillingRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def claim_event(self, *, event_id: str, type_: str, created: dt.datetime) -> bool:
+        """Record the event id; False if it was already recorded (or is being recorded concurrently:
+        the INSERT waits for the other transaction and then sees its row)."""
+        result = await self.session.execute(_CLAIM_EVENT, {"id": event_id, "type": type_, "created": created})
+        return result.scalar_one_or_none() is not None
 
     async def lock_account(self, customer_id: str) -> bool:
         """Create the customer's account row if needed and lock it for this transaction, so every state

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.billing.repository import (
     AuditRepository,
     BillingRepository,
+    DeliveryLedger,
     SubscriptionOfAnotherCustomer,
     UnknownUser,
 )
@@ -94,7 +95,7 @@ class UnprocessableEvent(Exception):
 
 
 # Events that change account state read and lock that state: they run in a transaction. Every other
-# type's whole effect (a payment, or nothing) fits in one atomic statement (single_statement=True).
+# type's whole effect (a payment, or nothing) fits in one atomic statement (DeliveryLedger: Database.run_single).
 STATEFUL_TYPES = frozenset(
     {"checkout.session.completed", "customer.subscription.updated", "customer.subscription.deleted"}
 )
@@ -120,16 +121,14 @@ async def handle_event(*, database: Database, event: StripeEvent) -> str:
                     outcome = "processed" if await _apply_stateful(repo, event, created) else "ignored"
         elif event.type == "invoice.paid":
             payment = _payment(event, created)
-            async with database.own_transaction(single_statement=True) as session:
-                claimed, paid = await BillingRepository(session).claim_and_pay(
-                    event_id=event.id, type_=event.type, created=created, **payment
-                )
+            claimed, paid = await DeliveryLedger(database).claim_and_pay(
+                event_id=event.id, type_=event.type, created=created, **payment
+            )
             outcome = "duplicate" if not claimed else "processed" if paid else "ignored"
         else:
-            async with database.own_transaction(single_statement=True) as session:
-                claimed = await BillingRepository(session).claim_event(
-                    event_id=event.id, type_=event.type, created=created
-                )
+            claimed = await DeliveryLedger(database).claim(
+                event_id=event.id, type_=event.type, created=created
+            )
             outcome = "ignored" if claimed else "duplicate"
     except UnprocessableEvent as exc:
         WEBHOOK_EVENTS.labels(event.type, "unprocessable").inc()

@@ -11,6 +11,14 @@ There is exactly one transaction idiom, in two forms:
   With ``single_statement=True`` the block runs one statement that PostgreSQL commits by itself
   (autocommit: one round trip instead of BEGIN/statement/COMMIT) — for writes whose whole effect fits
   in one atomic statement. Nothing else opens a sessionmaker or calls ``begin()``.
+* **One plain-SQL statement on a hot path** (a Stripe delivery's claim, the caller-exists check of the
+  order routes) can skip the ORM altogether: ``await database.run_single(STATEMENT, params)`` runs a
+  ``text()`` statement on a pooled connection through the driver itself, committed by PostgreSQL as it
+  runs. Same pool, same checkout (pre-ping, gauges, pool timeout → 503), same server-side timeouts and
+  the same SQLAlchemy exceptions, so the error handlers answer it as they answer a session's; about a
+  third of the CPU of ``own_transaction(single_statement=True)`` (the Session and Connection machinery
+  around one round trip: docs/performance.md). Behind a transaction-mode pooler (``autocommit`` off) it
+  runs through a session in BEGIN/COMMIT instead, for the reason below.
 
 Pool size, overflow and checkout timeout come from settings; a checkout that times out raises
 ``sqlalchemy.exc.TimeoutError``, which the error handlers answer with 503 + Retry-After. Pool gauges
@@ -36,16 +44,17 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import sqlalchemy.exc
 from fastapi import Request
-from sqlalchemy import CursorResult, MetaData, Result, event, text
+from sqlalchemy import CursorResult, MetaData, Result, TextClause, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.util import await_
+from sqlalchemy.types import NullType
+from sqlalchemy.util import await_, greenlet_spawn
 
 from app.core.config import Settings
 from app.core.observability import DB_POOL_CHECKED_OUT, DB_POOL_OVERFLOW, DB_POOL_SIZE
@@ -202,6 +211,7 @@ class Database:
     def __init__(self, engine: AsyncEngine, *, autocommit: bool = True) -> None:
         self.engine = engine
         self.autocommit = autocommit
+        self._compiled_statements: dict[TextClause, tuple[str, tuple[str, ...]]] = {}
         self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
         self._autocommit = (
             async_sessionmaker(
@@ -236,6 +246,72 @@ class Database:
         factory = self._autocommit if single_statement else self._sessions
         async with factory() as session, session.begin():
             yield session
+
+    async def run_single(
+        self, statement: TextClause, params: Mapping[str, Any]
+    ) -> Sequence[Mapping[Any, Any]]:
+        """Run one plain-SQL ``text()`` statement, committed as it runs; its rows (by column name).
+
+        The statement is compiled once (``$n`` placeholders) and executed through the driver on a connection
+        checked out of the engine's pool, so the pool's limits, pre-ping and gauges, the connection's
+        server-side timeouts and asyncpg's prepared-statement cache all apply. A driver error is raised as
+        the ``sqlalchemy.exc.DBAPIError`` a session would raise (its ``orig`` the adapter's error, its
+        cause asyncpg's, ``sqlstate`` included); a lost connection, or a statement interrupted (the task
+        cancelled), invalidates the connection instead of returning it to the pool. Binds must be untyped
+        (``text()`` with plain ``:name`` parameters): typed ones would need SQLAlchemy's bind processing.
+        With ``autocommit`` off (behind a transaction-mode pooler) it runs in a session's BEGIN/COMMIT."""
+        if not self.autocommit:
+            async with self.own_transaction(single_statement=True) as session:
+                return [row._mapping for row in await session.execute(statement, params)]
+        sql, names = self._compiled(statement)
+        args = [params[name] for name in names]
+        connection = await self.engine.raw_connection()
+        try:
+            try:
+                return await connection.driver_connection.fetch(sql, *args)  # type: ignore[union-attr,no-any-return]
+            except Exception as error:
+                raise self._translated(connection, sql, error) from error
+            except BaseException:
+                connection.invalidate()  # cancelled mid-statement: the protocol's state is unknown
+                raise
+        finally:
+            # Back to the pool; in a greenlet, as SQLAlchemy checks in, since a checkin may close the connection
+            # (overflow, an invalidated or disposed pool), which awaits the driver.
+            await greenlet_spawn(connection.close)
+
+    def _compiled(self, statement: TextClause) -> tuple[str, tuple[str, ...]]:
+        compiled = self._compiled_statements.get(statement)
+        if compiled is None:
+            result = statement.compile(dialect=self.engine.dialect)
+            typed = [name for name, bind in result.binds.items() if not isinstance(bind.type, NullType)]
+            if typed:
+                raise TypeError(f"run_single takes untyped binds only; typed: {', '.join(sorted(typed))}")
+            compiled = (result.string, tuple(result.positiontup or ()))
+            self._compiled_statements[statement] = compiled
+        return compiled
+
+    def _translated(self, connection: Any, sql: str, error: Exception) -> Exception:
+        """The exception SQLAlchemy would raise for the driver's ``error`` (a ``DBAPIError`` for asyncpg's
+        errors, ``error`` itself for any other), invalidating the connection if it is lost."""
+        dialect = self.engine.dialect
+        try:
+            connection.dbapi_connection._handle_exception(error)  # raises the adapter's translation
+        except dialect.loaded_dbapi.Error as translated:
+            invalidated = dialect.is_disconnect(translated, connection.dbapi_connection, None)
+            if invalidated:
+                connection.invalidate(translated)
+            return sqlalchemy.exc.DBAPIError.instance(
+                sql,
+                None,
+                translated,
+                dialect.loaded_dbapi.Error,
+                hide_parameters=True,
+                connection_invalidated=invalidated,
+                dialect=dialect,
+            )
+        except Exception:
+            pass
+        return error
 
     async def ping(self, timeout: float) -> None:  # noqa: ASYNC109 - the bound is the point
         """One round trip to the database, bounded by ``timeout`` seconds (pool wait included)."""

@@ -25,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from app.alerts.repository import AlertRepository
 from app.alerts.service import content_hash
 from app.auth.repository import UserRepository
-from app.billing.repository import BillingRepository
+from app.billing.repository import BillingRepository, DeliveryLedger
+from app.core.db import Database
 from app.models import metadata
 from tests.support import db as dbsupport
 from tests.support import migration_data
@@ -139,7 +140,7 @@ async def _app_writes(url: str) -> None:
                 display_name="After rollback",
             )
             billing = BillingRepository(session)
-            assert await billing.claim_and_pay(
+            assert await DeliveryLedger(Database(engine)).claim_and_pay(
                 event_id="evt_after_rollback",
                 type_="invoice.paid",
                 created=now,

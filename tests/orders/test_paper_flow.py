@@ -143,21 +143,34 @@ async def test_twenty_concurrent_posts_with_one_key_make_exactly_one_order(make_
 
 async def test_the_61st_order_in_a_minute_is_429(make_client, database_url) -> None:
     client = await make_client(use_redis=True)
-    _, auth = await trader(client)
-    _, other = await trader(client)
     # The limiter's sliding window weighs the previous minute's count down as the new minute goes on, so
     # 60 orders that straddle a minute boundary leave room for a 61st (the window is an approximation).
-    # Start with the whole budget inside one minute.
-    if time.time() % 60 > 45:
-        await asyncio.sleep(60 - time.time() % 60 + 0.05)
-    for i in range(60):
+    # The budget must be spent inside one minute: on a loaded box 60 orders can take many seconds, so a
+    # run that crossed a boundary is redone with a new trader (whose window starts empty). So is one during
+    # which the limiter failed open (a Redis call past its 0.25 s socket timeout, say behind a long collector
+    # pause late in a test run: by design the limiter then lets requests through, tested in test_ratelimit).
+    for _attempt in range(3):
+        _, auth = await trader(client)
+        placed_before = len(await paper_orders(database_url))
+        if time.time() % 60 > 45:
+            await asyncio.sleep(60 - time.time() % 60 + 0.05)
+        minute, metrics_before = int(time.time() // 60), await scrape(client)
+        for i in range(60):
+            r = await place(client, auth, market())
+            assert r.status_code == 201, (i, r.text)
         r = await place(client, auth, market())
-        assert r.status_code == 201, (i, r.text)
-    r = await place(client, auth, market())
+        failed_open = grew(
+            metrics_before, await scrape(client), "shared_state_fallbacks_total", component="ratelimit"
+        )
+        if int(time.time() // 60) == minute and not failed_open:
+            break
+    else:
+        pytest.fail("60 orders never fitted in one minute with the limiter's Redis answering (three tries)")
     assert_problem(r, 429)
     assert int(r.headers["retry-after"]) >= 1
     assert r.headers["x-ratelimit-limit"] == "60" and r.headers["x-ratelimit-remaining"] == "0"
-    assert len(await paper_orders(database_url)) == 60
+    assert len(await paper_orders(database_url)) == placed_before + 60
+    _, other = await trader(client)
     assert (await place(client, other, market())).status_code == 201  # per user
 
 
