@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.models import User
-from app.auth.repository import UserRepository, user_exists
+from app.auth.repository import ProfileRow, UserRepository, profile_row, user_exists
 from app.core.deps import DatabaseDep, SessionDep, SettingsDep
 from app.core.errors import BadRequest, Unauthorized
 from app.core.security import InvalidToken, decode_access_token
@@ -75,6 +75,25 @@ async def get_current_user_detached(
     return Caller(user_id)
 
 
+async def get_current_profile(
+    request: Request,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ProfileRow:
+    """``get_current_user`` for a read of the caller's own profile: the same 401s, one autocommit
+    statement instead of a session's ORM load and its BEGIN/COMMIT (``GET /v1/auth/me``, a hot read)."""
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized()
+    user_id = decode_access_token(credentials.credentials, settings=settings)
+    profile = await profile_row(database, user_id)
+    if profile is None:
+        log.info("access token refused", extra={"reason": "user-not-found"})
+        raise InvalidToken()
+    _remember_user(request, user_id)
+    return profile
+
+
 async def get_optional_caller(request: Request, settings: SettingsDep) -> uuid.UUID | None:
     """The caller's user id when the request carries a bearer token, else None (no database read).
 
@@ -94,6 +113,8 @@ async def get_optional_caller(request: Request, settings: SettingsDep) -> uuid.U
 
 # The authenticated user (401 problem+json otherwise).
 CurrentUser = Annotated[User, Depends(get_current_user)]
+# The same user's profile fields, read without a session (the caller's own profile).
+CurrentProfile = Annotated[ProfileRow, Depends(get_current_profile)]
 # The same, read without holding a connection: for routes that call the broker (app/orders/).
 CurrentUserDetached = Annotated[Caller, Depends(get_current_user_detached)]
 # The caller's user id if a bearer token was sent, else None.

@@ -36,6 +36,17 @@ def _is_email_unique_violation(exc: sqlalchemy.exc.IntegrityError) -> bool:
 
 
 _EXISTS = text("SELECT 1 FROM users WHERE id = :user_id")
+_PROFILE = text("SELECT id, email, display_name, bio FROM users WHERE id = :user_id")
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRow:
+    """The user's own fields of their profile, read without a session."""
+
+    id: uuid.UUID
+    email: str
+    display_name: str | None
+    bio: str | None
 
 
 class UserRepository:
@@ -96,3 +107,9 @@ async def user_exists(database: Database, user_id: uuid.UUID) -> bool:
     """Whether the user exists: one plain statement on the driver path (``Database.run_single``), no session
     (the order routes' caller check, on every order)."""
     return bool(await database.run_single(_EXISTS, {"user_id": user_id}))
+
+
+async def profile_row(database: Database, user_id: uuid.UUID) -> ProfileRow | None:
+    """The user's profile fields in one statement on the driver path (``GET /v1/auth/me``); None if no such user."""
+    rows = await database.run_single(_PROFILE, {"user_id": user_id})
+    return ProfileRow(**rows[0]) if rows else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.auth import service
-from app.auth.deps import CurrentUser
+from app.auth.deps import CurrentProfile, CurrentUser
 from app.auth.fields import login_key
 from app.auth.models import User
 from app.auth.schemas import (
@@ -16,7 +16,7 @@ from app.auth.schemas import (
     SignupResponse,
     TokenResponse,
 )
-from app.core.deps import LimiterDep, PasswordHashingDep, SessionDep, SettingsDep
+from app.core.deps import DatabaseDep, LimiterDep, PasswordHashingDep, SessionDep, SettingsDep
 from app.core.ratelimit import client_key, pseudonym
 from app.core.security import issue_access_token
 
@@ -105,9 +105,16 @@ async def _profile(session: SessionDep, user: User) -> Profile:
 
 
 @router.get("/me", response_model=Profile, responses={401: {"description": "No valid token", **_PROBLEM}})
-async def me(user: CurrentUser, session: SessionDep) -> Profile:
+async def me(profile: CurrentProfile, database: DatabaseDep) -> Profile:
     """The current user's profile."""
-    return await _profile(session, user)
+    status = await service.current_subscription_status(database=database, user_id=profile.id)
+    return Profile(
+        id=profile.id,
+        email=profile.email,
+        display_name=profile.display_name,
+        bio=profile.bio,
+        subscription_status=status,
+    )
 
 
 @router.patch(

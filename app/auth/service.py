@@ -11,6 +11,7 @@ from app.auth.fields import NormalizedEmail
 from app.auth.models import User
 from app.auth.repository import EmailTaken, UserRepository
 from app.billing import service as billing_service
+from app.core.db import Database
 from app.core.errors import Conflict, Unauthorized
 from app.core.security import PasswordHashing
 
@@ -88,6 +89,11 @@ async def update_profile(*, session: AsyncSession, user: User, changes: dict[str
     if not values:
         return user
     return await UserRepository(session).update_profile(user, values)
+
+
+async def current_subscription_status(*, database: Database, user_id: uuid.UUID) -> str:
+    """``subscription_status`` without a session (one autocommit statement)."""
+    return await billing_service.current_status(database=database, user_id=user_id)
 
 
 async def subscription_status(*, session: AsyncSession, user_id: uuid.UUID) -> str:

@@ -61,6 +61,23 @@ def _subscription_row(customer_id: str, subscription_id: str | None) -> tuple[Co
 
 FOREIGN_KEY_VIOLATION = "23503"
 
+# The subscription that speaks for a user (BillingRepository.subscription_for_user, speaking_subscription).
+_SPEAKING_SUBSCRIPTION = text(
+    "SELECT s.status, s.current_period_end FROM billing_subscriptions s"
+    " JOIN billing_accounts a ON a.stripe_customer_id = s.stripe_customer_id WHERE a.user_id = :user_id"
+    " ORDER BY s.status = ANY(:speaking_first) DESC, s.status_event_at DESC, s.updated_at DESC, s.id LIMIT 1"
+)
+
+
+async def speaking_subscription(
+    database: Database, *, user_id: uuid.UUID, speaking_first: Collection[str]
+) -> tuple[str, dt.datetime | None] | None:
+    """``BillingRepository.subscription_for_user`` as one statement on the driver path (``GET /v1/auth/me``)."""
+    rows = await database.run_single(
+        _SPEAKING_SUBSCRIPTION, {"user_id": user_id, "speaking_first": sorted(speaking_first)}
+    )
+    return (rows[0]["status"], rows[0]["current_period_end"]) if rows else None
+
 
 class DeliveryLedger:
     """A delivery's whole effect when it fits in one statement (``invoice.paid``, the types we ignore), run on
@@ -232,19 +249,10 @@ class BillingRepository:
     ) -> tuple[str, dt.datetime | None] | None:
         """(status, current_period_end) of the subscription that speaks for the user: one whose status is
         in ``speaking_first`` if any, else the most recently changed (by event time); None without any."""
-        stmt = (
-            select(BillingSubscription.status, BillingSubscription.current_period_end)
-            .join(BillingAccount, BillingAccount.stripe_customer_id == BillingSubscription.stripe_customer_id)
-            .where(BillingAccount.user_id == user_id)
-            .order_by(
-                BillingSubscription.status.in_(list(speaking_first)).desc(),
-                BillingSubscription.status_event_at.desc(),
-                BillingSubscription.updated_at.desc(),
-                BillingSubscription.id,
-            )
-            .limit(1)
+        result = await self.session.execute(
+            _SPEAKING_SUBSCRIPTION, {"user_id": user_id, "speaking_first": sorted(speaking_first)}
         )
-        row = (await self.session.execute(stmt)).one_or_none()
+        row = result.one_or_none()
         return (row.status, row.current_period_end) if row is not None else None
 
     async def payments_page(

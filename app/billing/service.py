@@ -16,6 +16,7 @@ from app.billing.repository import (
     DeliveryLedger,
     SubscriptionOfAnotherCustomer,
     UnknownUser,
+    speaking_subscription,
 )
 from app.billing.schemas import PaymentOut, PaymentsPage, SubscriptionOut
 from app.core.config import Settings
@@ -270,6 +271,12 @@ async def _set_status(
 async def subscription_status(*, session: AsyncSession, user_id: uuid.UUID) -> str:
     """The user's subscription status (``none`` before any checkout)."""
     return (await get_subscription(session=session, user_id=user_id)).status
+
+
+async def current_status(*, database: Database, user_id: uuid.UUID) -> str:
+    """``subscription_status`` without a session: one autocommit statement (the profile read)."""
+    found = await speaking_subscription(database, user_id=user_id, speaking_first=PAYING_STATUSES)
+    return found[0] if found is not None else "none"
 
 
 async def get_subscription(*, session: AsyncSession, user_id: uuid.UUID) -> SubscriptionOut:
