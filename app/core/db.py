@@ -309,9 +309,9 @@ class Database:
                 connection_invalidated=invalidated,
                 dialect=dialect,
             )
-        except Exception:
-            pass
-        return error
+        except Exception as untranslated:  # not one of the driver's errors: raised as it is
+            return untranslated
+        return error  # unreachable: the adapter always raises
 
     async def ping(self, timeout: float) -> None:  # noqa: ASYNC109 - the bound is the point
         """One round trip to the database, bounded by ``timeout`` seconds (pool wait included)."""
