@@ -52,6 +52,7 @@ from bench.common import (  # noqa: E402
     signup_and_login,
     wait_ready,
 )
+from tests.support.servers import stop_process  # noqa: E402
 
 LUA = str(Path(__file__).resolve().parent / "loadtest.lua")
 HIGH = "100000000/minute"
@@ -208,12 +209,7 @@ def production_stack(env: dict[str, str], workdir: Path) -> Iterator[tuple[str, 
         sys.stderr.write((workdir / "server.log").read_bytes().decode(errors="replace")[-4000:])
         raise
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
         log.close()
 
 

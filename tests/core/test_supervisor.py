@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import free_port, server_env
+from tests.support.servers import free_port, server_env, stop_process
 from tests.support.settings import TEST_FERNET_KEY, TEST_JWT_SECRET, TEST_WEBHOOK_SECRET
 
 pytestmark = [
@@ -160,12 +160,7 @@ def _app(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen
         )
         yield proc, port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 def _burst(port: int, n: int) -> list[socket.socket]:

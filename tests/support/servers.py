@@ -29,6 +29,18 @@ ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 30) -> None:
+    """Stop a server process as an orchestrator does: SIGTERM (it drains and exits), then SIGKILL if it is
+    still there after ``grace`` seconds. Used by the tests' and the benchmarks' servers alike."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,13 +194,7 @@ class Servers:
 
     async def stop_all(self) -> None:
         def stop(proc: subprocess.Popen[bytes]) -> None:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(self.stop_seconds)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(self.stop_seconds)
+            stop_process(proc, self.stop_seconds)
 
         for server in self.started:
             await server.http.aclose()
