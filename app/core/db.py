@@ -11,8 +11,8 @@ There is exactly one transaction idiom, in two forms:
   With ``single_statement=True`` the block runs one statement that PostgreSQL commits by itself
   (autocommit: one round trip instead of BEGIN/statement/COMMIT) — for writes whose whole effect fits
   in one atomic statement. Nothing else opens a sessionmaker or calls ``begin()``.
-* **One plain-SQL statement on a hot path** (a Stripe delivery's claim, the caller-exists check of the
-  order routes) can skip the ORM altogether: ``await database.run_single(STATEMENT, params)`` runs a
+* **One plain-SQL statement on a hot path** (a Stripe delivery's claim, the profile read of
+  ``GET /v1/auth/me``, the caller-exists check of the order routes) can skip the ORM altogether: ``await database.run_single(STATEMENT, params)`` runs a
   ``text()`` statement on a pooled connection through the driver itself, committed by PostgreSQL as it
   runs. Same pool, same checkout (pre-ping, gauges, pool timeout → 503), same server-side timeouts and
   the same SQLAlchemy exceptions, so the error handlers answer it as they answer a session's; about a
@@ -292,7 +292,8 @@ class Database:
 
     def _translated(self, connection: Any, sql: str, error: Exception) -> Exception:
         """The exception SQLAlchemy would raise for the driver's ``error`` (a ``DBAPIError`` for asyncpg's
-        errors, ``error`` itself for any other), invalidating the connection if it is lost."""
+        errors, ``error`` itself for any other), invalidating the connection if it is lost (or if the error is not
+        the driver's: asyncpg's own timeout leaves a statement behind it)."""
         dialect = self.engine.dialect
         try:
             connection.dbapi_connection._handle_exception(error)  # raises the adapter's translation
@@ -309,7 +310,10 @@ class Database:
                 connection_invalidated=invalidated,
                 dialect=dialect,
             )
-        except Exception as untranslated:  # not one of the driver's errors: raised as it is
+        except Exception as untranslated:
+            # Not one of the driver's errors (asyncpg's client-side command timeout): raised as it is, and the
+            # connection, in an unknown state, dropped.
+            connection.invalidate(untranslated)
             return untranslated
         return error  # unreachable: the adapter always raises
 

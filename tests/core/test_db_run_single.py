@@ -113,6 +113,24 @@ async def test_a_cancelled_statement_does_not_return_its_connection_to_the_pool(
         await other.close()
 
 
+async def test_the_drivers_own_timeout_is_raised_as_is_and_its_connection_dropped(database_url: str) -> None:
+    # asyncpg's command_timeout is the backstop behind the server's statement_timeout (app/core/db.py)
+    db = Database(
+        create_engine(
+            make_settings(database_url), pool_size=1, max_overflow=0, connect_args={"command_timeout": 0.2}
+        )
+    )
+    try:
+        pid = (await db.run_single(_PID, {}))[0]["pid"]
+        with pytest.raises(TimeoutError):
+            await db.run_single(_SLEEP, {"seconds": 5})
+        assert _checked_out(db) == 0
+        async with asyncio.timeout(5):
+            assert (await db.run_single(_PID, {}))[0]["pid"] != pid
+    finally:
+        await db.dispose()
+
+
 async def test_the_pool_bound_holds_a_full_pool_is_sqlalchemys_timeout(db: Database) -> None:
     async with db.engine.connect() as held:  # the pool's only connection
         await held.execute(text("SELECT 1"))
