@@ -49,6 +49,19 @@ def _checked_out(db: Database) -> int:
     return db.engine.sync_engine.pool.checkedout()  # type: ignore[attr-defined,no-any-return]
 
 
+async def _pid(db: Database) -> int:
+    """The backend pid of the connection the pool hands out now."""
+    return int((await db.run_single(_PID, {}))[0]["pid"])
+
+
+async def _assert_replaced(db: Database, pid: int) -> None:
+    """The connection of ``pid`` did not go back to the pool: the slot is free at once (nothing waits for the
+    statement behind it) and a new connection serves it."""
+    assert _checked_out(db) == 0
+    async with asyncio.timeout(5):
+        assert await _pid(db) != pid
+
+
 async def test_rows_by_name_committed_as_it_runs_and_the_connection_back_in_the_pool(
     db: Database, database_url: str
 ) -> None:
@@ -70,29 +83,28 @@ async def test_a_constraint_violation_is_sqlalchemys_integrity_error_and_the_con
 ) -> None:
     row_id = uuid.uuid4()
     await db.run_single(_INSERT, {"id": row_id, "note": "first"})
-    pid = (await db.run_single(_PID, {}))[0]["pid"]
+    pid = await _pid(db)
     with pytest.raises(sqlalchemy.exc.IntegrityError) as caught:
         await db.run_single(_INSERT, {"id": row_id, "note": "again"})
     assert sqlstate_of(caught.value) == "23505"
     assert not caught.value.connection_invalidated
     assert str(row_id) not in str(caught.value)  # bound values never reach a message
     assert _checked_out(db) == 0
-    assert (await db.run_single(_PID, {}))[0]["pid"] == pid  # the same pooled connection, not replaced
+    assert await _pid(db) == pid  # the same pooled connection, not replaced
 
 
 async def test_a_connection_lost_mid_statement_is_invalidated_not_pooled(db: Database) -> None:
-    pid = (await db.run_single(_PID, {}))[0]["pid"]
+    pid = await _pid(db)
     with pytest.raises(sqlalchemy.exc.DBAPIError) as caught:
         await db.run_single(_SUICIDE, {})  # the server ends this very connection while it runs
     assert caught.value.connection_invalidated
-    assert _checked_out(db) == 0
-    assert (await db.run_single(_PID, {}))[0]["pid"] != pid  # a new connection answers the next one
+    await _assert_replaced(db, pid)
 
 
 async def test_a_cancelled_statement_does_not_return_its_connection_to_the_pool(
     db: Database, database_url: str
 ) -> None:
-    pid = (await db.run_single(_PID, {}))[0]["pid"]
+    pid = await _pid(db)
     task = asyncio.create_task(db.run_single(_SLEEP, {"seconds": 30}))
     other = await asyncpg.connect(dbsupport.asyncpg_dsn(database_url))
     try:
@@ -105,10 +117,7 @@ async def test_a_cancelled_statement_does_not_return_its_connection_to_the_pool(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert _checked_out(db) == 0
-        # the pool's one slot is free and a fresh connection serves it, at once (not after the 30 s sleep)
-        async with asyncio.timeout(5):
-            assert (await db.run_single(_PID, {}))[0]["pid"] != pid
+        await _assert_replaced(db, pid)  # at once, not after the 30 s sleep
     finally:
         await other.close()
 
@@ -121,12 +130,10 @@ async def test_the_drivers_own_timeout_is_raised_as_is_and_its_connection_droppe
         )
     )
     try:
-        pid = (await db.run_single(_PID, {}))[0]["pid"]
+        pid = await _pid(db)
         with pytest.raises(TimeoutError):
             await db.run_single(_SLEEP, {"seconds": 5})
-        assert _checked_out(db) == 0
-        async with asyncio.timeout(5):
-            assert (await db.run_single(_PID, {}))[0]["pid"] != pid
+        await _assert_replaced(db, pid)
     finally:
         await db.dispose()
 
@@ -136,7 +143,7 @@ async def test_the_pool_bound_holds_a_full_pool_is_sqlalchemys_timeout(db: Datab
         await held.execute(text("SELECT 1"))
         with pytest.raises(sqlalchemy.exc.TimeoutError):
             await db.run_single(_PID, {})
-    assert (await db.run_single(_PID, {}))[0]["pid"]
+    assert await _pid(db)
 
 
 async def test_typed_binds_are_refused_before_anything_runs(db: Database) -> None:
