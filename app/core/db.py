@@ -12,9 +12,9 @@ There is exactly one transaction idiom, in two forms:
   (autocommit: one round trip instead of BEGIN/statement/COMMIT) — for writes whose whole effect fits
   in one atomic statement. Nothing else opens a sessionmaker or calls ``begin()``.
 * **One plain-SQL statement on a hot path** (a Stripe delivery's claim, the profile read of
-  ``GET /v1/auth/me``, the caller-exists check of the order routes) can skip the ORM altogether: ``await database.run_single(STATEMENT, params)`` runs a
-  ``text()`` statement on a pooled connection through the driver itself, committed by PostgreSQL as it
-  runs. Same pool, same checkout (pre-ping, gauges, pool timeout → 503), same server-side timeouts and
+  ``GET /v1/auth/me``, the caller-exists check of the order routes) can skip the ORM altogether:
+  ``await database.run_single(STATEMENT, params)`` runs a ``text()`` statement on a pooled connection
+  through the driver itself, committed by PostgreSQL as it runs. Same pool, same checkout (pre-ping, gauges, pool timeout → 503), same server-side timeouts and
   the same SQLAlchemy exceptions, so the error handlers answer it as they answer a session's; about a
   third of the CPU of ``own_transaction(single_statement=True)`` (the Session and Connection machinery
   around one round trip: docs/performance.md). Behind a transaction-mode pooler (``autocommit`` off) it
@@ -256,8 +256,9 @@ class Database:
         checked out of the engine's pool, so the pool's limits, pre-ping and gauges, the connection's
         server-side timeouts and asyncpg's prepared-statement cache all apply. A driver error is raised as
         the ``sqlalchemy.exc.DBAPIError`` a session would raise (its ``orig`` the adapter's error, its
-        cause asyncpg's, ``sqlstate`` included); a lost connection, or a statement interrupted (the task
-        cancelled), invalidates the connection instead of returning it to the pool. Binds must be untyped
+        cause asyncpg's, ``sqlstate`` included); a lost connection, a statement interrupted (the task
+        cancelled) or an error that is not the driver's (asyncpg's own command timeout) invalidates the
+        connection instead of returning it to the pool. Binds must be untyped
         (``text()`` with plain ``:name`` parameters): typed ones would need SQLAlchemy's bind processing.
         With ``autocommit`` off (behind a transaction-mode pooler) it runs in a session's BEGIN/COMMIT."""
         if not self.autocommit:
