@@ -216,7 +216,9 @@ async def test_the_pool_runbook_finds_and_ends_long_runners_and_lock_holders(dat
         tx = holder.transaction()
         await tx.start()
         await holder.execute("SELECT pg_advisory_xact_lock(424242)")
-        waiting = asyncio.create_task(waiter.execute("SELECT pg_advisory_xact_lock(424242)"))
+        # the waiter sleeps once it has the lock: ending the holder first can hand it the lock before its
+        # own termination lands, and its statement must still be running then, not already answered
+        waiting = asyncio.create_task(waiter.execute("SELECT pg_advisory_xact_lock(424242), pg_sleep(60)"))
         await _until(operator, active, waiter.get_server_pid(), "%advisory%")
         rows = await operator.fetch(blocking)
         assert {(r["pid"], tuple(r["blocked_by"])) for r in rows} >= {
@@ -228,6 +230,7 @@ async def test_the_pool_runbook_finds_and_ends_long_runners_and_lock_holders(dat
             await asyncio.wait_for(waiting, 10)
         gone = "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $1"
         await _until(operator, gone, holder.get_server_pid())
+        await _until(operator, gone, waiter.get_server_pid())
         # and the lock is free again
         assert await operator.fetchval("SELECT pg_try_advisory_lock(424242)") is True
     finally:
