@@ -136,12 +136,13 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def server_pids(base: str) -> tuple[int, list[int]]:
-    """The uvicorn master serving ``base`` and its worker processes (from /proc)."""
+    """The server (``bench.serve``'s supervisor, or a plain uvicorn) serving ``base`` and its worker processes
+    (from /proc)."""
     port = base.rsplit(":", 1)[1]
     pids = _pids()
     for pid in pids:
         cmd = _cmdline(pid)
-        if "uvicorn" in cmd and "--port" in cmd and cmd[cmd.index("--port") + 1] == port:
+        if ("bench.serve" in cmd or "uvicorn" in cmd) and "--port" in cmd and cmd[cmd.index("--port") + 1] == port:
             workers = [
                 child
                 for child in pids
@@ -151,7 +152,7 @@ def server_pids(base: str) -> tuple[int, list[int]]:
                 and "resource_tracker" not in " ".join(_cmdline(child))
             ]
             return pid, workers
-    raise RuntimeError(f"no uvicorn process found for {base}")
+    raise RuntimeError(f"no server process found for {base}")
 
 
 def _cpu_by_pid(pids: list[int]) -> dict[int, float]:
