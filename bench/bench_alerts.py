@@ -553,9 +553,43 @@ def _instrument(app: Any, counters: Counters) -> None:
     event.listen(pool, "checkout", checkout_start, insert=True)  # before the app's pre-ping
     event.listen(pool, "checkout", checkout_end)  # after it
 
+    # The driver path (Database.run_single: the caller check, the enqueue) sends no SQLAlchemy cursor events:
+    # counted here, one autocommit unit each.
+    database = app.state.database
+    run_single = database.run_single
+
+    async def counted_single(statement: Any, params: Any) -> Any:
+        label = _label(statement.text)
+        t0 = time.perf_counter()
+        try:
+            return await run_single(statement, params)
+        finally:
+            counters.statements[label] += 1
+            counters.statement_time[label] += time.perf_counter() - t0
+            counters.begins["autocommit"] += 1
+
+    database.run_single = counted_single
+
     redis = app.state.redis
     if redis is not None:
         original = redis.execute_command
+        pipeline = redis.pipeline
+
+        def counted_pipeline(*args: Any, **kwargs: Any) -> Any:
+            # The limiter's scripts go as pipelines (ScriptPipeline): its commands are counted by name.
+            pipe = pipeline(*args, **kwargs)
+            execute = pipe.execute
+
+            async def counted_execute(*a: Any, **kw: Any) -> Any:
+                for args, _options in pipe.command_stack:
+                    counters.redis[str(args[0]).upper()] += 1
+                counters.redis["(pipelined round trips)"] += 1
+                return await execute(*a, **kw)
+
+            pipe.execute = counted_execute
+            return pipe
+
+        redis.pipeline = counted_pipeline
 
         async def counted(*args: Any, **kwargs: Any) -> Any:
             counters.redis[str(args[0]).upper()] += 1
