@@ -142,7 +142,8 @@ def server_pids(base: str) -> tuple[int, list[int]]:
     pids = _pids()
     for pid in pids:
         cmd = _cmdline(pid)
-        if ("bench.serve" in cmd or "uvicorn" in cmd) and "--port" in cmd and cmd[cmd.index("--port") + 1] == port:
+        served = "bench.serve" in cmd or "uvicorn" in cmd
+        if served and "--port" in cmd and cmd[cmd.index("--port") + 1] == port:
             workers = [
                 child
                 for child in pids
