@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.alerts.models import Alert, DiscordWebhook
+from app.core.db import Database
 
 DEDUP_SECONDS = 60
 
@@ -123,13 +124,9 @@ class AlertRepository:
     ) -> Enqueued | None:
         """The new alert, or the one holding the dedup slot, or (no id) why the user's webhook cannot take
         it; None when a concurrent enqueue committed after this statement's snapshot (run it again)."""
-        row = (
-            await self.session.execute(
-                _ENQUEUE,
-                {"user_id": user_id, "content": content, "content_hash": content_hash, "alert_id": alert_id},
-            )
-        ).first()
-        return None if row is None else Enqueued(row.id, row.created, row.webhook, row.reason)
+        params = {"user_id": user_id, "content": content, "content_hash": content_hash, "alert_id": alert_id}
+        row = (await self.session.execute(_ENQUEUE, params)).first()
+        return None if row is None else Enqueued(**row._mapping)
 
     async def get(self, *, user_id: uuid.UUID, alert_id: uuid.UUID) -> Alert | None:
         alert = await self.session.get(Alert, alert_id)
@@ -158,3 +155,13 @@ class AlertRepository:
             text("DELETE FROM discord_error_counts WHERE minute < now() - interval '20 minutes'")
         )
         return int(result.rowcount or 0)
+
+
+async def enqueue_alert(
+    database: Database, *, user_id: uuid.UUID, content: str, content_hash: str, alert_id: uuid.UUID
+) -> Enqueued | None:
+    """``AlertRepository.enqueue`` on the driver path (``Database.run_single``), no session around it: the
+    hot path of ``POST /v1/alerts/discord``, one statement committed as it runs."""
+    params = {"user_id": user_id, "content": content, "content_hash": content_hash, "alert_id": alert_id}
+    rows = await database.run_single(_ENQUEUE, params)
+    return Enqueued(**rows[0]) if rows else None

@@ -12,7 +12,7 @@ from decimal import Decimal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.alerts.models import DiscordWebhook
-from app.alerts.repository import AlertRepository, Enqueued
+from app.alerts.repository import AlertRepository, Enqueued, enqueue_alert
 from app.alerts.schemas import AlertOut, AlertQueued
 from app.core.crypto import TokenCipher
 from app.core.db import Database
@@ -63,10 +63,9 @@ async def enqueue(*, database: Database, user_id: uuid.UUID, content: str) -> Al
     digest = content_hash(content)
     result: Enqueued | None = None
     for _ in range(5):
-        async with database.own_transaction(single_statement=True) as session:
-            result = await AlertRepository(session).enqueue(
-                user_id=user_id, content=content, content_hash=digest, alert_id=uuid.uuid4()
-            )
+        result = await enqueue_alert(
+            database, user_id=user_id, content=content, content_hash=digest, alert_id=uuid.uuid4()
+        )
         if result is not None:
             break
     if result is None:
