@@ -4,17 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 
-from app.auth.deps import CurrentUserDetached
-from app.core.deps import LimiterDep, SettingsDep
+from app.auth.deps import PerUserLimit
 
-
-async def alert_rate_limit(
-    request: Request, user: CurrentUserDetached, limiter: LimiterDep, settings: SettingsDep
-) -> None:
-    """RATE_LIMIT_ALERTS per user (429 + Retry-After past it)."""
-    await limiter.enforce(request, settings.rate_limit_alerts, "alerts", str(user.id))
-
-
-AlertRateLimit = Annotated[None, Depends(alert_rate_limit)]
+AlertRateLimit = Annotated[None, Depends(PerUserLimit("rate_limit_alerts", name="alerts"))]

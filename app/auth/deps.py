@@ -2,21 +2,24 @@
 
 Core keeps the primitives (``app.core.security``: JWT issue/decode); turning a bearer token into a
 user is this feature's business. Routes use the aliases: ``user: CurrentUser``, ``caller: OptionalCaller``.
+A feature's per-user limit is ``Annotated[None, Depends(PerUserLimit("rate_limit_orders", name="orders"))]``.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.models import User
 from app.auth.repository import ProfileRow, UserRepository, profile_row, user_exists
-from app.core.deps import DatabaseDep, SessionDep, SettingsDep
+from app.core.config import Settings
+from app.core.deps import DatabaseDep, LimiterDep, SessionDep, SettingsDep
 from app.core.errors import BadRequest, Unauthorized
 from app.core.security import InvalidToken, decode_access_token
 
@@ -119,3 +122,22 @@ CurrentProfile = Annotated[ProfileRow, Depends(get_current_profile)]
 CurrentUserDetached = Annotated[Caller, Depends(get_current_user_detached)]
 # The caller's user id if a bearer token was sent, else None.
 OptionalCaller = Annotated[uuid.UUID | None, Depends(get_optional_caller)]
+
+
+def PerUserLimit(  # noqa: N802 - reads like a class at the use site, as core's RateLimit does
+    setting: str, *, name: str
+) -> Callable[..., Coroutine[Any, Any, None]]:
+    """Dependency factory: the limit in Settings' ``setting`` (an env var operators tune) per caller, 429 +
+    Retry-After past it. The caller is ``CurrentUserDetached``: no session, so a route that calls an
+    outside system holds no connection for it."""
+    if setting not in Settings.model_fields:
+        raise ValueError(f"no setting {setting!r} holds a rate limit")
+
+    async def dependency(
+        request: Request, user: CurrentUserDetached, limiter: LimiterDep, settings: SettingsDep
+    ) -> None:
+        await limiter.enforce(request, getattr(settings, setting), name, str(user.id))
+
+    dependency.__name__ = f"{name}_rate_limit"
+    dependency.__doc__ = f"{setting.upper()} per user (429 + Retry-After past it)."
+    return dependency

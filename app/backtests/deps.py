@@ -6,9 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.auth.deps import CurrentUserDetached
+from app.auth.deps import PerUserLimit
 from app.backtests.service import BacktestRunner
-from app.core.deps import LimiterDep, SettingsDep
 
 
 async def get_runner(request: Request) -> BacktestRunner:
@@ -19,11 +18,5 @@ async def get_runner(request: Request) -> BacktestRunner:
 RunnerDep = Annotated[BacktestRunner, Depends(get_runner)]
 
 
-async def backtest_rate_limit(
-    request: Request, user: CurrentUserDetached, limiter: LimiterDep, settings: SettingsDep
-) -> None:
-    """RATE_LIMIT_BACKTESTS per user on uploads (429 + Retry-After past it)."""
-    await limiter.enforce(request, settings.rate_limit_backtests, "backtests", str(user.id))
-
-
-BacktestRateLimit = Annotated[None, Depends(backtest_rate_limit)]
+# On uploads.
+BacktestRateLimit = Annotated[None, Depends(PerUserLimit("rate_limit_backtests", name="backtests"))]

@@ -8,8 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.auth.deps import CurrentUserDetached
-from app.core.deps import LimiterDep, SettingsDep
+from app.auth.deps import CurrentUserDetached, PerUserLimit
 from app.core.idempotency import IdempotencyRecord, idempotency_key
 from app.orders.service import AccountLookup, BrokerAccountMissing, OrderPolicy
 from app.providers.broker import BrokerProvider
@@ -50,14 +49,7 @@ async def get_broker_account(
 BrokerAccountDep = Annotated[str, Depends(get_broker_account)]
 
 
-async def order_rate_limit(
-    request: Request, user: CurrentUserDetached, limiter: LimiterDep, settings: SettingsDep
-) -> None:
-    """RATE_LIMIT_ORDERS per user (429 + Retry-After past it)."""
-    await limiter.enforce(request, settings.rate_limit_orders, "orders", str(user.id))
-
-
-OrderRateLimit = Annotated[None, Depends(order_rate_limit)]
+OrderRateLimit = Annotated[None, Depends(PerUserLimit("rate_limit_orders", name="orders"))]
 
 
 async def caller_id(user: CurrentUserDetached) -> uuid.UUID:

@@ -8,8 +8,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.auth.deps import CurrentUserDetached
-from app.core.deps import LimiterDep, SettingsDep
+from app.auth.deps import PerUserLimit
+from app.core.deps import SettingsDep
 from app.tools.mcp import McpServer, OriginRefused
 from app.tools.service import LazySandbox
 
@@ -24,14 +24,7 @@ async def get_sandbox(request: Request) -> LazySandbox:
 SandboxDep = Annotated[LazySandbox, Depends(get_sandbox)]
 
 
-async def tool_rate_limit(
-    request: Request, user: CurrentUserDetached, limiter: LimiterDep, settings: SettingsDep
-) -> None:
-    """RATE_LIMIT_TOOLS per user (429 + Retry-After past it)."""
-    await limiter.enforce(request, settings.rate_limit_tools, "tools", str(user.id))
-
-
-ToolRateLimit = Annotated[None, Depends(tool_rate_limit)]
+ToolRateLimit = Annotated[None, Depends(PerUserLimit("rate_limit_tools", name="tools"))]
 
 
 async def get_mcp_server(request: Request) -> McpServer:
