@@ -88,6 +88,7 @@ from bench.common import (  # noqa: E402
     sql,
     sql_async,
 )
+from bench.instrument import Counters, instrument, labeller, per_request  # noqa: E402
 from tests.support.fake_discord import FakeDiscord  # noqa: E402
 
 LUA = str(Path(__file__).resolve().parent / "alerts.lua")
@@ -487,134 +488,7 @@ _SQL_LABELS = (
 )
 
 
-def _label(statement: str) -> str:
-    for needle, label in _SQL_LABELS:
-        if needle in statement:
-            return label
-    return " ".join(statement.split())[:60]
-
-
-class Counters:
-    def __init__(self) -> None:
-        self.statements: collections.Counter[str] = collections.Counter()
-        self.statement_time: collections.Counter[str] = collections.Counter()
-        self.checkouts = 0
-        self.ping_time = 0.0
-        self.begins: collections.Counter[str] = collections.Counter()
-        self.commits: collections.Counter[str] = collections.Counter()
-        self.rollbacks = 0
-        self.redis: collections.Counter[str] = collections.Counter()
-        self.timers: collections.Counter[str] = collections.Counter()
-
-    def reset(self) -> None:
-        self.__init__()  # type: ignore[misc]
-
-
-def _instrument(app: Any, counters: Counters) -> None:
-    from sqlalchemy import event
-
-    engine = app.state.database.engine.sync_engine
-    pool = engine.pool
-    starts: dict[int, float] = {}
-
-    def kind(conn: Any) -> str:
-        level = conn.get_execution_options().get("isolation_level")
-        return "autocommit" if level == "AUTOCOMMIT" else "transaction"
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def _before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-        conn.info["bench_t0"] = time.perf_counter()
-
-    @event.listens_for(engine, "after_cursor_execute")
-    def _after(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-        label = _label(statement)
-        counters.statements[label] += 1
-        counters.statement_time[label] += time.perf_counter() - conn.info.pop("bench_t0", time.perf_counter())
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        counters.begins[kind(conn)] += 1
-
-    @event.listens_for(engine, "commit")
-    def _commit(conn: Any) -> None:
-        counters.commits[kind(conn)] += 1
-
-    @event.listens_for(engine, "rollback")
-    def _rollback(conn: Any) -> None:
-        counters.rollbacks += 1
-
-    def checkout_start(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        starts[id(dbapi_connection)] = time.perf_counter()
-
-    def checkout_end(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        counters.checkouts += 1
-        counters.ping_time += time.perf_counter() - starts.pop(id(dbapi_connection), time.perf_counter())
-
-    event.listen(pool, "checkout", checkout_start, insert=True)  # before the app's pre-ping
-    event.listen(pool, "checkout", checkout_end)  # after it
-
-    # The driver path (Database.run_single: the caller check, the enqueue) sends no SQLAlchemy cursor events:
-    # counted here, one autocommit unit each.
-    database = app.state.database
-    run_single = database.run_single
-
-    async def counted_single(statement: Any, params: Any) -> Any:
-        label = _label(statement.text)
-        t0 = time.perf_counter()
-        try:
-            return await run_single(statement, params)
-        finally:
-            counters.statements[label] += 1
-            counters.statement_time[label] += time.perf_counter() - t0
-            counters.begins["autocommit"] += 1
-
-    database.run_single = counted_single
-
-    redis = app.state.redis
-    if redis is not None:
-        original = redis.execute_command
-        pipeline = redis.pipeline
-
-        def counted_pipeline(*args: Any, **kwargs: Any) -> Any:
-            # The limiter's scripts go as pipelines (ScriptPipeline): its commands are counted by name.
-            pipe = pipeline(*args, **kwargs)
-            execute = pipe.execute
-
-            async def counted_execute(*a: Any, **kw: Any) -> Any:
-                for args, _options in pipe.command_stack:
-                    counters.redis[str(args[0]).upper()] += 1
-                counters.redis["(pipelined round trips)"] += 1
-                return await execute(*a, **kw)
-
-            pipe.execute = counted_execute
-            return pipe
-
-        redis.pipeline = counted_pipeline
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            counters.redis[str(args[0]).upper()] += 1
-            return await original(*args, **kwargs)
-
-        redis.execute_command = counted
-
-    dispatcher = app.state.alerts.dispatcher
-    for obj, name, timer in (
-        (app.state.discord, "execute", "Discord call (HTTP to the in-process fake)"),
-        (dispatcher, "_take_send_token", "dispatch rate cap (limiter)"),
-    ):
-        inner = getattr(obj, name)
-
-        def timed(inner: Any = inner, timer: str = timer) -> Any:
-            async def call(*args: Any, **kwargs: Any) -> Any:
-                t0 = time.perf_counter()
-                try:
-                    return await inner(*args, **kwargs)
-                finally:
-                    counters.timers[timer] += time.perf_counter() - t0
-
-            return call
-
-        setattr(obj, name, timed())
+_label = labeller(_SQL_LABELS)
 
 
 async def diagnose(env: dict[str, str], *, alerts: int, through_proxy: bool) -> dict[str, Any]:
@@ -656,7 +530,15 @@ async def diagnose(env: dict[str, str], *, alerts: int, through_proxy: bool) -> 
                 auth = {"Authorization": f"Bearer {token}"}
                 hook = {"webhook_id": "1234567890123456789", "webhook_token": "bench-diag_token"}
                 assert (await c.put("/v1/alerts/discord/webhook", json=hook, headers=auth)).status_code == 204
-                _instrument(app, counters)
+                instrument(
+                    app,
+                    counters,
+                    label=_label,
+                    timed=(
+                        (app.state.discord, "execute", "Discord call (HTTP to the in-process fake)"),
+                        (dispatcher, "_take_send_token", "dispatch rate cap (limiter)"),
+                    ),
+                )
 
                 async def post(content: str, expected: str) -> None:
                     r = await c.post("/v1/alerts/discord", json={"content": content}, headers=auth)
@@ -690,7 +572,7 @@ async def diagnose(env: dict[str, str], *, alerts: int, through_proxy: bool) -> 
                     for i in range(alerts):
                         await step(i)
                     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-                    result[phase] = _per_request(counters, proxy, alerts, elapsed)
+                    result[phase] = per_request(counters, proxy, alerts, elapsed)
                     result[phase]["cpu_ms"] = cpu * 1000 / alerts
                     result[phase]["discord_requests"] = (len(fake.log) - hits0) / alerts
     finally:
@@ -698,27 +580,6 @@ async def diagnose(env: dict[str, str], *, alerts: int, through_proxy: bool) -> 
         if proxy:
             await proxy.stop()
     return result
-
-
-def _per_request(counters: Counters, proxy: PgWireCounter | None, n: int, elapsed: float) -> dict[str, Any]:
-    per = {
-        "statements": {k: v / n for k, v in sorted(counters.statements.items(), key=lambda kv: -kv[1])},
-        "statement_ms": {k: v * 1000 / n for k, v in counters.statement_time.items()},
-        "statements_total": sum(counters.statements.values()) / n,
-        "pool_checkouts_pre_pings": counters.checkouts / n,
-        "pre_ping_ms": counters.ping_time * 1000 / n,
-        "begin": {k: v / n for k, v in counters.begins.items()},
-        "commit": {k: v / n for k, v in counters.commits.items()},
-        "rollback": counters.rollbacks / n,
-        "redis_commands": {k: v / n for k, v in counters.redis.items()},
-        "timers_ms": {k: v * 1000 / n for k, v in counters.timers.items()},
-        "request_ms": elapsed * 1000 / n,
-    }
-    if proxy is not None:
-        wire = {k: v / n for k, v in sorted(proxy.counts.items())}
-        per["wire_messages"] = wire
-        per["wire_round_trips"] = wire.get("S", 0) + wire.get("Q", 0)
-    return per
 
 
 def print_round_trips(diag: dict[str, Any], timing: dict[str, Any]) -> None:

@@ -62,6 +62,7 @@ from bench.common import (  # noqa: E402
     serve,
     signup_and_login,
 )
+from bench.instrument import Counters, instrument, labeller, per_request  # noqa: E402
 
 LUA = str(Path(__file__).resolve().parent / "orders.lua")
 TARGET_OPS = 800
@@ -519,100 +520,7 @@ _SQL_LABELS = (
 )
 
 
-def _label(statement: str) -> str:
-    for needle, label in _SQL_LABELS:
-        if needle in statement:
-            return label
-    return " ".join(statement.split())[:60]
-
-
-class Counters:
-    def __init__(self) -> None:
-        self.statements: collections.Counter[str] = collections.Counter()
-        self.statement_time: collections.Counter[str] = collections.Counter()
-        self.checkouts = 0
-        self.ping_time = 0.0
-        self.begins = collections.Counter[str]()
-        self.commits = collections.Counter[str]()
-        self.rollbacks = 0
-        self.redis: collections.Counter[str] = collections.Counter()
-        self.timers: collections.Counter[str] = collections.Counter()
-
-    def reset(self) -> None:
-        self.__init__()  # type: ignore[misc]
-
-
-def _instrument(app: Any, counters: Counters) -> None:
-    from sqlalchemy import event
-
-    engine = app.state.database.engine.sync_engine
-    pool = engine.pool
-    starts: dict[int, float] = {}
-
-    def kind(conn: Any) -> str:
-        level = conn.get_execution_options().get("isolation_level")
-        return "autocommit" if level == "AUTOCOMMIT" else "transaction"
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def _before(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-        conn.info["bench_t0"] = time.perf_counter()
-
-    @event.listens_for(engine, "after_cursor_execute")
-    def _after(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-        label = _label(statement)
-        counters.statements[label] += 1
-        counters.statement_time[label] += time.perf_counter() - conn.info.pop("bench_t0", time.perf_counter())
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        counters.begins[kind(conn)] += 1
-
-    @event.listens_for(engine, "commit")
-    def _commit(conn: Any) -> None:
-        counters.commits[kind(conn)] += 1
-
-    @event.listens_for(engine, "rollback")
-    def _rollback(conn: Any) -> None:
-        counters.rollbacks += 1
-
-    def checkout_start(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        starts[id(dbapi_connection)] = time.perf_counter()
-
-    def checkout_end(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        counters.checkouts += 1
-        counters.ping_time += time.perf_counter() - starts.pop(id(dbapi_connection), time.perf_counter())
-
-    event.listen(pool, "checkout", checkout_start, insert=True)  # before the app's pre-ping
-    event.listen(pool, "checkout", checkout_end)  # after it
-
-    redis = app.state.redis
-    if redis is not None:
-        original = redis.execute_command
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            counters.redis[str(args[0]).upper()] += 1
-            return await original(*args, **kwargs)
-
-        redis.execute_command = counted
-
-    broker = app.state.broker
-    for obj, name, timer in (
-        (broker, "submit_order", "phase (b): broker.submit_order"),
-        (broker.quotes, "latest_quote", "  of which the synthetic quote"),
-    ):
-        inner = getattr(obj, name)
-
-        def timed(inner: Any = inner, timer: str = timer) -> Any:
-            async def call(*args: Any, **kwargs: Any) -> Any:
-                t0 = time.perf_counter()
-                try:
-                    return await inner(*args, **kwargs)
-                finally:
-                    counters.timers[timer] += time.perf_counter() - t0
-
-            return call
-
-        setattr(obj, name, timed())
+_label = labeller(_SQL_LABELS)
 
 
 def _proxied(database_url: str) -> tuple[Any, PgWireCounter] | None:
@@ -662,7 +570,16 @@ async def diagnose(env: dict[str, str], *, orders: int, through_proxy: bool) -> 
                 assert (await c.post("/v1/auth/signup", json=creds)).status_code == 201
                 token = (await c.post("/v1/auth/login", json=creds)).json()["access_token"]
                 auth = {"Authorization": f"Bearer {token}"}
-                _instrument(app, counters)
+                broker = app.state.broker
+                instrument(
+                    app,
+                    counters,
+                    label=_label,
+                    timed=(
+                        (broker, "submit_order", "phase (b): broker.submit_order"),
+                        (broker.quotes, "latest_quote", "  of which the synthetic quote"),
+                    ),
+                )
 
                 async def place(key: str, symbol: str) -> httpx.Response:
                     return await c.post(
@@ -693,33 +610,12 @@ async def diagnose(env: dict[str, str], *, orders: int, through_proxy: bool) -> 
                         if not expected:
                             raise RuntimeError(f"diagnostic {phase} answered {r.status_code}: {r.text[:200]}")
                     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-                    result[phase] = _per_request(counters, proxy, orders, elapsed)
+                    result[phase] = per_request(counters, proxy, orders, elapsed)
                     result[phase]["cpu_ms"] = cpu * 1000 / orders
     finally:
         if proxy:
             await proxy.stop()
     return result
-
-
-def _per_request(counters: Counters, proxy: PgWireCounter | None, n: int, elapsed: float) -> dict[str, Any]:
-    per = {
-        "statements": {k: v / n for k, v in sorted(counters.statements.items(), key=lambda kv: -kv[1])},
-        "statement_ms": {k: v * 1000 / n for k, v in counters.statement_time.items()},
-        "statements_total": sum(counters.statements.values()) / n,
-        "pool_checkouts_pre_pings": counters.checkouts / n,
-        "pre_ping_ms": counters.ping_time * 1000 / n,
-        "begin": {k: v / n for k, v in counters.begins.items()},
-        "commit": {k: v / n for k, v in counters.commits.items()},
-        "rollback": counters.rollbacks / n,
-        "redis_commands": {k: v / n for k, v in counters.redis.items()},
-        "timers_ms": {k: v * 1000 / n for k, v in counters.timers.items()},
-        "request_ms": elapsed * 1000 / n,
-    }
-    if proxy is not None:
-        wire = {k: v / n for k, v in sorted(proxy.counts.items())}
-        per["wire_messages"] = wire
-        per["wire_round_trips"] = wire.get("S", 0) + wire.get("Q", 0)
-    return per
 
 
 def print_round_trips(diag: dict[str, Any], timing: dict[str, Any]) -> None:
