@@ -78,19 +78,35 @@ def require_redis(redis_url: str | None) -> str:
     return redis_url
 
 
+def _empty_tables_sql() -> str:
+    """Every table emptied, children first, and every identity restarted, in one transaction: what
+    ``TRUNCATE … RESTART IDENTITY CASCADE`` does, at about a fifteenth of its cost on these small tables
+    (TRUNCATE makes new files for each of them: ~80 ms a test, against ~5 ms)."""
+    tables = list(reversed(metadata.sorted_tables))
+    deletes = [f'DELETE FROM "{t.name}";' for t in tables]
+    restarts = [
+        f"SELECT setval(pg_get_serial_sequence('\"{t.name}\"', '{c.name}'), 1, false);"
+        for t in tables
+        for c in t.columns
+        if c.identity is not None
+    ]
+    return "\n".join(["BEGIN;", *deletes, *restarts, "COMMIT;"])
+
+
+_EMPTY_TABLES = _empty_tables_sql()
+
+
 @pytest.fixture(autouse=True)
 async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """Every test starts from empty tables and an empty Redis test database."""
     yield
     if "database" in request.fixturenames:
         _, url = request.getfixturevalue("database")
-        tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-        if tables:
-            conn = await asyncpg.connect(dbsupport.asyncpg_dsn(url))
-            try:
-                await conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
-            finally:
-                await conn.close()
+        conn = await asyncpg.connect(dbsupport.asyncpg_dsn(url))
+        try:
+            await conn.execute(_EMPTY_TABLES)
+        finally:
+            await conn.close()
     url = request.getfixturevalue("redis_url") if "redis_url" in request.fixturenames else None
     if url:  # the test could use Redis (None: not configured, or skipped as unreachable outside CI)
         client = aioredis.from_url(url, socket_connect_timeout=1)
