@@ -119,15 +119,6 @@ class AlertRepository:
         )
         await self.session.execute(stmt)
 
-    async def enqueue(
-        self, *, user_id: uuid.UUID, content: str, content_hash: str, alert_id: uuid.UUID
-    ) -> Enqueued | None:
-        """The new alert, or the one holding the dedup slot, or (no id) why the user's webhook cannot take
-        it; None when a concurrent enqueue committed after this statement's snapshot (run it again)."""
-        params = {"user_id": user_id, "content": content, "content_hash": content_hash, "alert_id": alert_id}
-        row = (await self.session.execute(_ENQUEUE, params)).first()
-        return None if row is None else Enqueued(**row._mapping)
-
     async def get(self, *, user_id: uuid.UUID, alert_id: uuid.UUID) -> Alert | None:
         alert = await self.session.get(Alert, alert_id)
         return alert if alert is not None and alert.user_id == user_id else None
@@ -160,8 +151,10 @@ class AlertRepository:
 async def enqueue_alert(
     database: Database, *, user_id: uuid.UUID, content: str, content_hash: str, alert_id: uuid.UUID
 ) -> Enqueued | None:
-    """``AlertRepository.enqueue`` on the driver path (``Database.run_single``), no session around it: the
-    hot path of ``POST /v1/alerts/discord``, one statement committed as it runs."""
+    """The new alert, or the one holding the dedup slot, or (no id) why the user's webhook cannot take it;
+    None when a concurrent enqueue committed after this statement's snapshot (run it again). One statement
+    on the driver path (``Database.run_single``), committed as it runs: the hot path of
+    ``POST /v1/alerts/discord``."""
     params = {"user_id": user_id, "content": content, "content_hash": content_hash, "alert_id": alert_id}
     rows = await database.run_single(_ENQUEUE, params)
     return Enqueued(**rows[0]) if rows else None

@@ -22,7 +22,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from app.alerts.repository import AlertRepository
+from app.alerts.repository import AlertRepository, enqueue_alert
 from app.alerts.service import content_hash
 from app.auth.repository import UserRepository
 from app.billing.repository import BillingRepository, DeliveryLedger
@@ -166,18 +166,18 @@ async def _app_writes(url: str) -> None:
                 "trialing",
                 None,
             )
-            alerts = AlertRepository(session)
-            await alerts.set_webhook(
+            await AlertRepository(session).set_webhook(
                 user_id=user.id, webhook_id="1187310099", token_encrypted="gAAAAABn-token"
             )
-            enqueued = await alerts.enqueue(
+            await session.commit()  # the enqueue runs on its own connection, as the route's does
+            enqueued = await enqueue_alert(
+                Database(engine),
                 user_id=user.id,
                 content="Back on head",
                 content_hash=content_hash("Back on head"),
                 alert_id=uuid.uuid4(),
             )
             assert enqueued is not None and enqueued.id is not None
-            await session.commit()
     finally:
         await engine.dispose()
 
